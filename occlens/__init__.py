@@ -1,0 +1,40 @@
+"""occlens: attribution maps as pure functions over ``torch.func``.
+
+Given ``(model_fn, image, target)``, occlens returns maps of which pixels or units drive a network's
+response. Nothing is mutated: not the model, not its mode, not the inputs.
+
+>>> import torch, occlens as ol
+>>> from occlens import targets as T
+>>> model = ol.testing.tiny_cnn()  # any nn.Module or function Tensor[B, ...] -> Tensor[B, ...]
+>>> ol.occlusion(model, torch.rand(3, 16, 16), 1, window=4, stride=2).shape
+torch.Size([16, 16])
+"""
+
+from . import fills as fills
+from . import targets as targets
+from ._errors import OcclensError as OcclensError
+from ._grid import occluder_for_rf as occluder_for_rf
+from ._layers import layer as layer
+from ._layers import layers as layers
+from ._occlusion import occlusion as occlusion
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "OcclensError",
+    "fills",
+    "layer",
+    "layers",
+    "occluder_for_rf",
+    "occlusion",
+    "targets",
+]
+
+
+def __getattr__(name: str):
+    # Heavier companions load on first use: `occlens.testing`, `occlens.zoo`, `occlens.image`.
+    if name in ("testing", "zoo", "image"):
+        import importlib
+
+        return importlib.import_module(f"occlens.{name}")
+    raise AttributeError(f"module 'occlens' has no attribute {name!r}")

@@ -1,0 +1,222 @@
+"""Validation at the public boundary: images, sizes, the model and its output.
+
+Everything here runs eagerly, before any ``vmap``, and raises `OcclensError` naming the call, the
+argument and the shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ._errors import OcclensError, describe, fail
+
+__all__ = [
+    "check_eval_policy",
+    "check_model_fn",
+    "clean_forward",
+    "image_batch",
+    "positive_pair",
+]
+
+# Layers whose forward depends on the training flag in a way that changes the answer or the model:
+# batch statistics, random masks, running-stat updates.
+_TRAIN_SENSITIVE: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.dropout._DropoutNd,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.RNNBase,
+    nn.MultiheadAttention,
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+)
+
+
+def image_batch(x: object, call: str, argument: str = "x") -> tuple[Tensor, bool]:
+    """Check an image ``[C, H, W]`` or batch ``[B, C, H, W]``; return ``(batch, was_single)``."""
+    if not isinstance(x, Tensor):
+        raise fail(
+            call,
+            argument,
+            f"expected an image tensor, got {describe(x)}",
+            "pass a torch.Tensor [C, H, W] or [B, C, H, W]",
+        )
+    if x.ndim not in (3, 4):
+        raise fail(
+            call,
+            argument,
+            f"expected an image [C, H, W] or a batch [B, C, H, W], got {describe(x)}",
+            "add or remove the batch dimension (x[None] / x[0])"
+            if x.ndim in (2, 5)
+            else "reshape the input to [C, H, W] or [B, C, H, W]",
+        )
+    if x.numel() == 0:
+        raise fail(
+            call,
+            argument,
+            f"the input is empty: {describe(x)}",
+            "pass at least one image with C, H, W >= 1",
+        )
+    if not x.dtype.is_floating_point:
+        raise fail(
+            call,
+            argument,
+            f"expected a floating-point image, got {describe(x)}",
+            "convert it, e.g. x.float() / 255 for uint8 pixels, then normalise as the model wants",
+        )
+    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+        raise fail(
+            call,
+            argument,
+            f"{describe(x)} on the CPU: half-precision kernels there are slow and inexact",
+            "use float32 or float64 on the CPU (half precision works on CUDA)",
+        )
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise fail(
+            call,
+            argument,
+            f"{describe(x)} holds {bad} NaN/Inf value(s)",
+            "replace them (torch.nan_to_num) or fix the preprocessing",
+        )
+    single = x.ndim == 3
+    return (x.unsqueeze(0) if single else x), single
+
+
+def positive_pair(value: object, call: str, argument: str) -> tuple[int, int]:
+    """An ``int`` or ``(h, w)`` of positive ints, as ``(h, w)``."""
+    pair: Sequence[object]
+    if isinstance(value, int) and not isinstance(value, bool):
+        pair = (value, value)
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        pair = value
+    else:
+        raise fail(
+            call,
+            argument,
+            f"got {describe(value)}",
+            "pass an int or a (height, width) pair of ints",
+        )
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+        raise fail(call, argument, f"got {describe(value)}", "pass whole numbers of pixels")
+    if not all(v >= 1 for v in pair):  # type: ignore[operator]
+        raise fail(
+            call,
+            argument,
+            f"got {describe(value)}; sizes must be at least 1",
+            "pass positive sizes",
+        )
+    return int(pair[0]), int(pair[1])  # type: ignore[call-overload]
+
+
+def check_model_fn(model_fn: object, call: str) -> None:
+    if not callable(model_fn):
+        raise fail(
+            call,
+            "model_fn",
+            f"expected a callable model, got {describe(model_fn)}",
+            "pass an nn.Module or a function Tensor[B, ...] -> Tensor[B, ...]",
+        )
+
+
+def check_eval_policy(model_fn: object, call: str) -> None:
+    """Refuse a model whose train-mode layers would change the answer (or the model).
+
+    occlens never flips train/eval mode itself: that would mutate the user's model.
+    """
+    if not isinstance(model_fn, nn.Module):
+        return
+    for name, module in model_fn.named_modules():
+        if module.training and isinstance(module, _TRAIN_SENSITIVE):
+            if (
+                isinstance(module, nn.modules.instancenorm._InstanceNorm)
+                and not module.track_running_stats
+            ):
+                continue
+            raise fail(
+                call,
+                "model_fn",
+                f"{type(module).__name__} at {name or 'the root'!r} is in training mode, where its "
+                "output depends on the batch or on random masks (and may update buffers)",
+                "call model.eval() before explaining it; occlens never changes the mode for you",
+            )
+
+
+def _check_dtype_device(model_fn: object, x: Tensor, call: str) -> None:
+    if not isinstance(model_fn, nn.Module):
+        return
+    for tensor in (*model_fn.parameters(), *model_fn.buffers()):
+        if tensor.device != x.device:
+            raise fail(
+                call,
+                "x",
+                f"the input is on {x.device} but the model's tensors are on {tensor.device}",
+                f"move the input with x.to({str(tensor.device)!r})",
+            )
+        if tensor.dtype.is_floating_point and tensor.dtype != x.dtype:
+            raise fail(
+                call,
+                "x",
+                f"the input is {describe(x)} but the model's parameters are "
+                f"{str(tensor.dtype).removeprefix('torch.')}",
+                "convert the input (x.to(dtype)) or use a copy of the model in that dtype",
+            )
+        break
+
+
+def clean_forward(model_fn, batch: Tensor, call: str) -> Tensor:
+    """Run the model once on the clean batch (no autograd) and check what comes back."""
+    check_model_fn(model_fn, call)
+    check_eval_policy(model_fn, call)
+    _check_dtype_device(model_fn, batch, call)
+    try:
+        with torch.no_grad():
+            output = model_fn(batch)
+    except OcclensError:
+        raise
+    except (RuntimeError, TypeError, IndexError) as error:
+        raise fail(
+            call,
+            "model_fn",
+            f"the model raised {type(error).__name__} on the input {describe(batch)}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}",
+            "check that the input shape and channels are what the model expects",
+        ) from error
+    return check_output(output, batch, call)
+
+
+def check_output(output: object, batch: Tensor, call: str) -> Tensor:
+    if isinstance(output, (tuple, list, dict)):
+        raise fail(
+            call,
+            "model_fn",
+            f"the model returned a {type(output).__name__}, not a tensor",
+            "wrap the model so it returns one tensor, e.g. lambda x: model(x)['logits']",
+        )
+    if not isinstance(output, Tensor):
+        raise fail(
+            call,
+            "model_fn",
+            f"the model returned {describe(output)}",
+            "return a tensor Tensor[B, ...]",
+        )
+    if output.ndim == 0 or output.shape[0] != batch.shape[0]:
+        raise fail(
+            call,
+            "model_fn",
+            f"the model maps a batch {describe(batch)} to {describe(output)}, which has no batch "
+            "dimension",
+            "make the model keep the batch dimension (do not squeeze it away)",
+        )
+    if not output.dtype.is_floating_point:
+        raise fail(
+            call,
+            "model_fn",
+            f"the model returned {describe(output)}",
+            "return floating-point scores",
+        )
+    return output

@@ -1,0 +1,50 @@
+"""The one exception occlens raises for bad input, and the helpers that build its messages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["OcclensError", "describe", "fail"]
+
+
+class OcclensError(ValueError):
+    """Bad input to an occlens function.
+
+    The message starts with the call and the argument at fault, gives the shapes involved and says
+    what to do instead. It is a `ValueError`, so existing `except ValueError` code keeps working.
+
+    >>> import occlens as ol
+    >>> issubclass(ol.OcclensError, ValueError)
+    True
+    """
+
+
+def describe(value: object) -> str:
+    """A short description of a value for error messages: shape and dtype for tensors."""
+    if isinstance(value, torch.Tensor):
+        return f"Tensor{list(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+    if isinstance(value, (list, tuple)) and len(value) > 8:
+        return f"{type(value).__name__} of length {len(value)}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def fail(call: str, argument: str, problem: str, fix: str) -> OcclensError:
+    """Build an `OcclensError` as ``call(argument=...): problem; fix.``.
+
+    Returned rather than raised, so that call sites read ``raise fail(...)`` and tracebacks end at
+    the public boundary.
+    """
+    return OcclensError(f"{call}({argument}): {problem}; {fix}.")
+
+
+def close_matches(name: str, options: Sequence[str], n: int = 5) -> str:
+    """Human-readable list of the options closest to `name`, for 'did you mean' hints."""
+    import difflib
+
+    matches = difflib.get_close_matches(name, list(options), n=n, cutoff=0.5)
+    if not matches:
+        matches = [opt for opt in options if name.lower() in opt.lower()][:n]
+    return ", ".join(repr(m) for m in matches) if matches else "none close"

@@ -1,0 +1,200 @@
+"""Intermediate layers as model functions: ``layer(model, name)`` and ``layers(model)``.
+
+The returned function computes the model only up to the named submodule or graph node. It is built
+by ``torch.fx`` truncation where the model traces; otherwise a forward hook, registered only for the
+duration of each call, captures the output and stops the forward early. The user's model is never
+changed: the truncated graph shares its submodules, and the scoped hook is removed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from torch import Tensor, fx, nn
+
+from ._errors import close_matches, describe, fail
+
+__all__ = ["layer", "layers"]
+
+log = logging.getLogger("occlens")
+
+
+class _LeafAt(fx.Tracer):
+    """Tracer that keeps `name` as one call (a leaf) and opens up every ancestor of it."""
+
+    def __init__(self, name: str | None) -> None:
+        super().__init__()
+        self.name = name
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if self.name is not None:
+            if module_qualified_name == self.name:
+                return True
+            if self.name.startswith(module_qualified_name + "."):
+                return False
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def _trace(model: nn.Module, leaf: str | None) -> fx.Graph | None:
+    try:
+        return _LeafAt(leaf).trace(model)
+    except Exception as error:  # tracing fails on data-dependent control flow and more
+        log.debug("occlens: torch.fx cannot trace %s (%s)", type(model).__name__, error)
+        return None
+
+
+def _node_names(graph: fx.Graph) -> list[str]:
+    """Names of the computing nodes: module path for a module's first call, node name otherwise."""
+    names, seen = [], set()
+    for node in graph.nodes:
+        if node.op not in ("call_module", "call_function", "call_method"):
+            continue
+        if node.op == "call_module" and node.target not in seen:
+            seen.add(node.target)
+            names.append(str(node.target))
+        else:
+            names.append(node.name)
+    return names
+
+
+def layers(model: nn.Module) -> list[str]:
+    """The names `layer` accepts for `model`.
+
+    Every submodule path (``"features.10"``, ``"layer4"``, ``"layer4.1.conv2"``) comes first, in
+    definition order, followed by the names of graph nodes that are not module calls (``"add_3"``,
+    ``"flatten"``, or ``"relu_1"`` for the second call of a shared ReLU) when the model traces with
+    ``torch.fx``.
+
+    >>> import torch.nn as nn
+    >>> import occlens as ol
+    >>> ol.layers(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten()))
+    ['0', '1', '2']
+    """
+    _check_module(model, "layers")
+    names = [name for name, _ in model.named_modules() if name]
+    graph = _trace(model, None)
+    if graph is not None:
+        known = set(names)
+        names += [n for n in _node_names(graph) if n not in known]
+    return names
+
+
+def _check_module(model: object, call: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise fail(
+            call,
+            "model",
+            f"needs an nn.Module to find layers in, got {describe(model)}",
+            "pass the nn.Module itself (not a function wrapping it)",
+        )
+
+
+def _find_node(graph: fx.Graph, name: str) -> fx.Node | None:
+    for node in graph.nodes:
+        if node.op == "call_module" and node.target == name:
+            return node
+    for node in graph.nodes:
+        if node.op in ("call_module", "call_function", "call_method") and node.name == name:
+            return node
+    return None
+
+
+def _truncate(graph: fx.Graph, stop: fx.Node) -> fx.Graph:
+    """A copy of `graph` that runs up to `stop` and returns its value.
+
+    Nodes after `stop` are dropped, whatever they do: an in-place op after the captured node can
+    no longer overwrite it.
+    """
+    new = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in graph.nodes:
+        env[node] = new.node_copy(node, lambda n: env[n])
+        if node is stop:
+            break
+    new.output(env[stop])
+    return new
+
+
+class _EarlyExit(Exception):
+    def __init__(self, value: Tensor) -> None:
+        super().__init__("occlens early exit")
+        self.value = value
+
+
+class HookedLayer(nn.Module):
+    """Runs `model` until submodule `name` has produced its output (a hook scoped to the call)."""
+
+    def __init__(self, model: nn.Module, name: str) -> None:
+        super().__init__()
+        self.model = model
+        self.name = name
+
+    def forward(self, x: Tensor) -> Tensor:
+        target = self.model.get_submodule(self.name)
+
+        def stop(module: nn.Module, args: object, output: Tensor) -> None:
+            raise _EarlyExit(output)
+
+        handle = target.register_forward_hook(stop)
+        try:
+            self.model(x)
+        except _EarlyExit as exit_:
+            return exit_.value
+        finally:
+            handle.remove()
+        raise fail(
+            "layer",
+            "name",
+            f"the submodule {self.name!r} was not called during the forward pass",
+            "pick a layer the model actually uses (see occlens.layers(model))",
+        )
+
+
+def layer(model: nn.Module, name: str) -> nn.Module:
+    """The model truncated at layer `name`: a `ModelFn` returning that layer's activation.
+
+    `name` is a submodule path (as in ``model.named_modules()``) or a graph node name listed by
+    `layers`. The result is an ``nn.Module`` that shares the model's parameters; nothing of the
+    model is copied or changed. Use it with any target, e.g. ``T.unit(c, y, x)``.
+
+    >>> import torch, torch.nn as nn
+    >>> import occlens as ol
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(True), nn.Flatten(), nn.Linear(64, 2))
+    >>> ol.layer(net, "0")(torch.randn(1, 3, 6, 6)).shape
+    torch.Size([1, 4, 4, 4])
+    >>> ol.layer(net, "conv")
+    Traceback (most recent call last):
+    ...
+    occlens._errors.OcclensError: layer(name='conv'): ...
+    """
+    _check_module(model, "layer")
+    if not isinstance(name, str):
+        raise fail("layer", "name", f"got {describe(name)}", "pass the layer name as a string")
+    modules = dict(model.named_modules())
+    is_module = bool(name) and name in modules
+    graph = _trace(model, name if is_module else None)
+    if graph is not None:
+        node = _find_node(graph, name)
+        if node is not None:
+            truncated = fx.GraphModule(model, _truncate(graph, node), class_name="OcclensLayer")
+            truncated.graph.eliminate_dead_code()
+            truncated.recompile()
+            return truncated
+    if is_module:
+        if graph is None:
+            log.debug("occlens: layer %r uses a scoped forward hook (no fx trace)", name)
+            return HookedLayer(model, name)
+        raise fail(
+            "layer",
+            "name",
+            f"the submodule {name!r} is not called in the forward pass of {type(model).__name__}",
+            "pick a layer the model actually uses (see occlens.layers(model))",
+        )
+    options = layers(model)
+    raise fail(
+        "layer",
+        f"name={name!r}",
+        f"{type(model).__name__} has no layer {name!r}; close matches: "
+        f"{close_matches(name, options)}",
+        "use one of the names from occlens.layers(model)",
+    )

@@ -1,0 +1,65 @@
+"""Choosing chunk sizes from a memory budget.
+
+The forward pass is measured once with a dispatch mode that adds up the bytes of every tensor an
+operator creates (views and in-place results excluded). That sum bounds the activation memory of
+one sample from above, whatever the architecture, so ``budget // per_sample`` samples fit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+__all__ = ["auto_chunk", "default_budget", "measure_forward"]
+
+# On the CPU, batches past ~32 images fall out of cache and get slower per image (measured on
+# AlexNet at 224 px: 15.9 ms/img at 32, 18.1 ms/img at 128).
+_CPU_MAX_CHUNK = 32
+_CUDA_MAX_CHUNK = 1024
+
+
+class _CountBytes(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        schema = func._schema
+        if not func.is_view and not any(
+            a.alias_info is not None and a.alias_info.is_write for a in schema.arguments
+        ):
+            self.total += sum(t.nbytes for t in tree_leaves(out) if isinstance(t, Tensor))
+        return out
+
+
+def measure_forward(model_fn: Callable[[Tensor], Tensor], batch: Tensor) -> tuple[Tensor, int]:
+    """Run ``model_fn(batch)`` without autograd; return the output and the bytes it allocated."""
+    counter = _CountBytes()
+    with torch.no_grad(), counter:
+        output = model_fn(batch)
+    return output, counter.total
+
+
+def default_budget(device: torch.device) -> int:
+    """Bytes a chunk may use: half the free GPU memory, or min(1 GiB, a quarter of free RAM)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        available = 4 << 30
+    return int(min(1 << 30, available // 4))
+
+
+def auto_chunk(per_sample_bytes: int, budget: int, device: torch.device, rows: int) -> int:
+    """The most samples per model call that fit the budget, capped for throughput, at least 2."""
+    cap = _CUDA_MAX_CHUNK if device.type == "cuda" else _CPU_MAX_CHUNK
+    fit = budget // max(per_sample_bytes, 1)
+    return int(max(2, min(fit, cap, rows)))

@@ -1,0 +1,323 @@
+"""Sliding-window occlusion, vectorised with ``torch.func.vmap`` over occluder positions.
+
+For each image the engine evaluates ``1 + P`` rows: row 0 is the clean image, rows 1..P the
+occluded ones, in chunks of equal size (the last one padded with clean rows). Every model call
+therefore has the same batch size, and the clean score comes from the same kind of call as the
+occluded ones: an occluder that cannot reach a unit gives a delta of exactly zero, bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.func import vmap
+
+from ._checks import clean_forward, image_batch, positive_pair
+from ._errors import OcclensError, describe, fail
+from ._fills import FillPlan, plan_fill
+from ._grid import AGGREGATES, EDGES, Grid, axis, check_choice
+from ._grid import aggregate as aggregate_deltas
+from ._keys import generator
+from ._memory import auto_chunk, default_budget, measure_forward
+from ._progress import progress as progress_bar
+from ._targets import TargetBase, as_target
+from ._types import Key, ModelFn, TargetLike
+
+__all__ = ["occlusion"]
+
+log = logging.getLogger("occlens")
+
+CALL = "occlusion"
+_NOISE_BLOCK = 64  # occluders per noise draw; fixed, so the stream never depends on chunk_size
+
+
+def occlusion(
+    model_fn: ModelFn,
+    x: Tensor,
+    target: TargetLike,
+    *,
+    window: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    fill: object = 0.0,
+    edge: str = "fit",
+    aggregate: str = "mean",
+    box: tuple[int, int, int, int] | None = None,
+    absolute: bool = False,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    key: Key | None = None,
+    progress: bool | None = None,
+) -> Tensor:
+    """Occlusion map: how much the target score drops when a window of the image is covered.
+
+    For each occluder position the delta is ``score(clean) - score(occluded)``; positive where
+    covering the pixels lowers the score. The options reproduce the reference tools:
+
+    * `window`, `stride`: ``int`` or ``(h, w)`` in pixels; `stride` defaults to `window`.
+      DNNBrain orders both as ``(w, h)``: swap them when porting its settings.
+    * `edge`: ``"fit"`` uses only windows that fit, ``floor((H - h) / s) + 1`` per axis (DNNBrain,
+      xplique); ``"cover"`` adds a clipped last window, ``ceil((H - h) / s) + 1`` (Captum).
+    * `aggregate`: ``"mean"`` over the windows covering each pixel (Captum), ``"sum"`` (xplique),
+      ``"grid"`` one value per position (DNNBrain's discrepancy map), ``"center"`` each delta at its
+      window's centre pixel only (the RF-mapping script).
+    * `fill`: a number, a tensor (``[C]``, ``[C, 1, 1]``, ``[C, H, W]`` or ``[B, C, H, W]``),
+      ``"mean"``, ``fills.uniform(lo, hi)`` (needs `key`), ``fills.blur(sigma)``, or a function
+      ``(image [C, H, W], mask [H, W] bool, generator | None) -> image [C, H, W]``.
+    * `box`: ``(y0, x0, y1, x1)``, half-open, keeps only occluders inside it (a unit's RF box).
+    * `absolute`: take ``|delta|`` per occluder before aggregating (the RF-mapping script does).
+
+    `target` is an int class, a ``LongTensor[B]`` (one per image) or a target from
+    `occlens.targets`; `peak` targets are resolved on the clean image. `chunk_size` bounds the
+    occluded images per model call; by default it is chosen so that one call stays within
+    `memory_budget` bytes. The same `key` gives bit-identical noise for every `chunk_size`.
+
+    Shapes: ``x [C, H, W] -> [H, W]`` and ``x [B, C, H, W] -> [B, H, W]``; with
+    ``aggregate="grid"``, ``[n_rows, n_cols]`` / ``[B, n_rows, n_cols]``.
+
+    >>> import torch, occlens as ol
+    >>> model = lambda x: x[:, :, :2, :2].sum(dim=(1, 2, 3))[:, None]  # looks at the top-left
+    >>> heat = ol.occlusion(model, torch.ones(3, 4, 4), 0, window=2, stride=2)
+    >>> heat
+    tensor([[12., 12.,  0.,  0.],
+            [12., 12.,  0.,  0.],
+            [ 0.,  0.,  0.,  0.],
+            [ 0.,  0.,  0.,  0.]])
+    >>> ol.occlusion(model, torch.ones(3, 4, 4), 0, window=2, stride=2, aggregate="grid")
+    tensor([[12.,  0.],
+            [ 0.,  0.]])
+    """
+    batch, single = image_batch(x, CALL)
+    n = batch.shape[0]
+    grid = _grid(batch, window, stride, edge, aggregate, box)
+    plan = plan_fill(fill, batch, CALL)
+    if plan.is_random or key is not None:
+        rng = generator(key, CALL, "fills.uniform" if plan.is_random else "key")
+        rng_state = rng.get_state()
+    else:
+        rng_state = None
+    _check_sizes(chunk_size, memory_budget)
+    clean = clean_forward(model_fn, batch, CALL)
+    goal = as_target(target, CALL)
+    goal.check(clean, CALL)
+    goal = goal.resolve(clean)
+    rows = len(grid) + 1
+    chunk = chunk_size or _auto_chunk(model_fn, batch, rows, memory_budget)
+    deltas = torch.empty(n, len(grid), dtype=clean.dtype, device=clean.device)
+    with torch.no_grad(), progress_bar(n * rows, "occlusion", progress) as advance:
+        for row in range(n):
+            scores = _scores(
+                model_fn, batch[row], goal.select(row), plan, row, grid, chunk, rng_state, advance
+            )
+            deltas[row] = scores[0] - scores[1:]
+    if absolute:
+        deltas = deltas.abs()
+    heat = aggregate_deltas(deltas, grid, aggregate)
+    return heat[0] if single else heat
+
+
+def _grid(batch: Tensor, window, stride, edge, how, box) -> Grid:
+    _, _, height, width = batch.shape
+    win = positive_pair(window, CALL, "window")
+    step = win if stride is None else positive_pair(stride, CALL, "stride")
+    check_choice(edge, EDGES, CALL, "edge")
+    check_choice(how, AGGREGATES, CALL, "aggregate")
+    if box is None and (win[0] > height or win[1] > width):
+        raise fail(
+            CALL,
+            "window",
+            f"the window {win} is larger than the image {describe(batch)} (H={height}, W={width})",
+            f"use a window of at most ({height}, {width})",
+        )
+    y0, x0, y1, x1 = _box(box, height, width)
+    rows = axis(height, win[0], step[0], edge, y0, y1, box is not None)
+    cols = axis(width, win[1], step[1], edge, x0, x1, box is not None)
+    if rows is None or cols is None:
+        raise fail(
+            CALL,
+            "window",
+            f"no window of size {win} fits the box {box} inside the image {describe(batch)}",
+            "use a smaller window, a larger box, or edge='cover'",
+        )
+    return Grid(rows, cols, win)
+
+
+def _box(box, height: int, width: int) -> tuple[int, int, int, int]:
+    if box is None:
+        return 0, 0, height, width
+    if (
+        not isinstance(box, (tuple, list))
+        or len(box) != 4
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in box)
+    ):
+        raise fail(
+            CALL, "box", f"got {describe(box)}", "pass (y0, x0, y1, x1) as four ints, half-open"
+        )
+    y0, x0, y1, x1 = box
+    if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
+        raise fail(
+            CALL,
+            "box",
+            f"the box {tuple(box)} is empty or reaches outside the image (H={height}, W={width})",
+            f"use 0 <= y0 < y1 <= {height} and 0 <= x0 < x1 <= {width} (clip RF boxes to the image)",
+        )
+    return y0, x0, y1, x1
+
+
+def _check_sizes(chunk_size: object, memory_budget: object) -> None:
+    for name, value in (("chunk_size", chunk_size), ("memory_budget", memory_budget)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise fail(
+                CALL,
+                name,
+                f"got {describe(value)}",
+                "pass a positive int, or None to choose automatically",
+            )
+
+
+def _auto_chunk(model_fn: ModelFn, batch: Tensor, rows: int, budget: int | None) -> int:
+    image_bytes = batch[0].nbytes
+    try:
+        _, per_sample = measure_forward(model_fn, batch[:1])
+    except Exception as error:  # a model the dispatch mode cannot follow: assume a deep net
+        log.debug("occlens: could not measure the forward pass (%s)", error)
+        per_sample = 64 * image_bytes
+    # Each occluded image also exists as the mask, the fill and the composite.
+    per_row = per_sample + 4 * image_bytes
+    chunk = auto_chunk(per_row, budget or default_budget(batch.device), batch.device, rows)
+    # Spread rows evenly over the calls so that the padding of the last call stays small.
+    return math.ceil(rows / math.ceil(rows / chunk))
+
+
+def _occlude(image: Tensor, fill: Tensor, bounds: Tensor) -> Tensor:
+    """One occluded image: `fill` ([C, H, W]-broadcastable) inside ``bounds = (y0, x0, y1, x1)``."""
+    _, height, width = image.shape
+    ys = torch.arange(height, device=image.device)
+    xs = torch.arange(width, device=image.device)
+    inside = ((ys >= bounds[0]) & (ys < bounds[2]))[:, None] & (
+        (xs >= bounds[1]) & (xs < bounds[3])
+    )[None, :]
+    return torch.where(inside, fill, image)
+
+
+def _place(image: Tensor, patch: Tensor, bounds: Tensor) -> Tensor:
+    """`_occlude` with a window-sized patch ``[C, h, w]`` whose top-left sits at ``(y0, x0)``."""
+    _, height, width = image.shape
+    _, ph, pw = patch.shape
+    ys = (torch.arange(height, device=image.device) - bounds[0]).clamp(0, ph - 1)
+    xs = (torch.arange(width, device=image.device) - bounds[1]).clamp(0, pw - 1)
+    return _occlude(image, patch[:, ys][:, :, xs], bounds)
+
+
+class _NoiseStream:
+    """Occluder noise in draw order, in fixed blocks: the same numbers for any chunking."""
+
+    def __init__(self, state: Tensor, shape: tuple[int, ...], lo: float, hi: float, like: Tensor):
+        self.rng = torch.Generator()
+        self.rng.set_state(state)
+        self.shape, self.lo, self.hi, self.like = shape, lo, hi, like
+        self.buffer = torch.empty(0, *shape, dtype=torch.float64)
+
+    def take(self, count: int) -> Tensor:
+        while self.buffer.shape[0] < count:
+            block = torch.rand(_NOISE_BLOCK, *self.shape, generator=self.rng, dtype=torch.float64)
+            self.buffer = torch.cat([self.buffer, self.lo + (self.hi - self.lo) * block])
+        out, self.buffer = self.buffer[:count], self.buffer[count:]
+        return out.to(dtype=self.like.dtype, device=self.like.device)
+
+
+def _scores(
+    model_fn: ModelFn,
+    image: Tensor,
+    goal: TargetBase,
+    plan: FillPlan,
+    row: int,
+    grid: Grid,
+    chunk: int,
+    rng_state: Tensor | None,
+    advance: Callable[[int], None],
+) -> Tensor:
+    """Scores of the clean image (index 0) and of every occluded image (1..P), ``[1 + P]``."""
+    bounds = torch.cat([torch.zeros(1, 4, dtype=torch.long), grid.bounds()]).to(image.device)
+    rows = bounds.shape[0]
+    calls = math.ceil(rows / chunk)
+    order = torch.zeros(calls * chunk, dtype=torch.long)  # padding rows repeat the clean row
+    order[:rows] = torch.arange(rows)
+    window = grid.window
+    noise = (
+        _NoiseStream(rng_state, (image.shape[0], *window), plan.noise.lo, plan.noise.hi, image)
+        if plan.noise is not None and rng_state is not None
+        else None
+    )
+    rng = None
+    if plan.function is not None and rng_state is not None:
+        rng = torch.Generator()
+        rng.set_state(rng_state)
+
+    def score(occluded: Tensor) -> Tensor:
+        return goal(model_fn(occluded.unsqueeze(0)))[0]
+
+    out = torch.empty(calls * chunk, dtype=torch.float64, device=image.device)
+    for start in range(0, calls * chunk, chunk):
+        index = order[start : start + chunk].to(image.device)
+        part = bounds[index]
+        if plan.static is not None:
+            fill = plan.image(row)
+            images = vmap(_occlude, in_dims=(None, None, 0))(image, fill, part)
+        elif noise is not None:
+            fresh = int((index > 0).sum())
+            patches = torch.zeros(
+                chunk, image.shape[0], *window, dtype=image.dtype, device=image.device
+            )
+            patches[index > 0] = noise.take(fresh)
+            images = vmap(_place, in_dims=(None, 0, 0))(image, patches, part)
+        else:
+            images = _custom_fill(plan, image, part, index, rng)
+        out[start : start + chunk] = _vmap_scores(score, images).double()
+        advance(int((torch.arange(start, start + chunk) < rows).sum()))
+    return out[:rows]
+
+
+def _custom_fill(plan: FillPlan, image: Tensor, part: Tensor, index: Tensor, rng) -> Tensor:
+    _, height, width = image.shape
+    ys = torch.arange(height, device=image.device)
+    xs = torch.arange(width, device=image.device)
+    images = []
+    for bounds, which in zip(part, index.tolist(), strict=True):
+        if which == 0:
+            images.append(image)
+            continue
+        mask = ((ys >= bounds[0]) & (ys < bounds[2]))[:, None] & (
+            (xs >= bounds[1]) & (xs < bounds[3])
+        )[None, :]
+        filled = plan.function(image, mask, rng)  # type: ignore[misc]
+        if not isinstance(filled, Tensor) or filled.shape != image.shape:
+            raise fail(
+                CALL,
+                "fill",
+                f"the fill function returned {describe(filled)} for an image {describe(image)}",
+                "return the occluded image with the same shape [C, H, W]",
+            )
+        images.append(filled.to(image.dtype))
+    return torch.stack(images)
+
+
+def _vmap_scores(score: Callable[[Tensor], Tensor], images: Tensor) -> Tensor:
+    try:
+        return vmap(score)(images)
+    except OcclensError:
+        raise
+    except RuntimeError as error:
+        raise fail(
+            CALL,
+            "model_fn",
+            f"the model cannot run under torch.func.vmap on {describe(images)}: "
+            f"{str(error).splitlines()[0]}",
+            "avoid .item(), data-dependent Python branches and in-place writes into buffers in "
+            "the forward pass",
+        ) from error
