@@ -53,9 +53,10 @@ def axis(
     """Occluder bounds along one axis of length `size`, restricted to ``[lo, hi)``.
 
     ``edge="fit"``: windows lying entirely inside ``[lo, hi)``, ``floor((span - w) / s) + 1`` of
-    them (DNNBrain, xplique). When a box is narrower than the window, one window starts at the box edge
-    if it fits in the image (the RF-mapping script's rule). ``edge="cover"``: also a last window
-    clipped at ``hi``, ``ceil((span - w) / s) + 1`` of them, so every pixel is covered (Captum).
+    them (DNNBrain, xplique). When a box is narrower than the window, one window starts at the box
+    edge if it fits in the image (the RF-mapping script's rule). ``edge="cover"``: also a last
+    window clipped at ``hi``, ``ceil((span - w) / s) + 1`` of them, so every pixel is covered
+    (Captum).
     Returns None when no window fits.
     """
     span = hi - lo
@@ -94,9 +95,9 @@ def aggregate(deltas: Tensor, grid: Grid, how: str) -> Tensor:
     """Turn per-occluder deltas ``[..., P]`` into a map.
 
     ``"grid"``: ``[..., n_rows, n_cols]``, one value per position (DNNBrain). ``"sum"``:
-    ``[..., H, W]``, the sum over the windows covering each pixel (xplique). ``"mean"``: the mean over them, 0 where
-    no window covers the pixel (Captum). ``"center"``: each delta added at its window's centre pixel
-    only, a sparse lattice (the RF-mapping script).
+    ``[..., H, W]``, the sum over the windows covering each pixel (xplique). ``"mean"``: the mean
+    over them, 0 where no window covers the pixel (Captum). ``"center"``: each delta added at its
+    window's centre pixel only, a sparse lattice (the RF-mapping script).
     """
     lead = deltas.shape[:-1]
     table = deltas.reshape(*lead, len(grid.rows), len(grid.cols))

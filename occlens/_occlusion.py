@@ -162,7 +162,7 @@ def _box(box, height: int, width: int) -> tuple[int, int, int, int]:
             CALL,
             "box",
             f"the box {tuple(box)} is empty or reaches outside the image (H={height}, W={width})",
-            f"use 0 <= y0 < y1 <= {height} and 0 <= x0 < x1 <= {width} (clip RF boxes to the image)",
+            f"use 0 <= y0 < y1 <= {height} and 0 <= x0 < x1 <= {width} (clip RF boxes to it)",
         )
     return y0, x0, y1, x1
 
