@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -105,7 +105,8 @@ def occlusion(
     goal.check(clean, CALL)
     goal = goal.resolve(clean)
     rows = len(grid) + 1
-    chunk = chunk_size or _auto_chunk(model_fn, batch, rows, memory_budget)
+    # Single-sample calls take other BLAS/oneDNN code paths than batched ones: never make them.
+    chunk = max(2, chunk_size or _auto_chunk(model_fn, batch, rows, memory_budget))
     deltas = torch.empty(n, len(grid), dtype=clean.dtype, device=clean.device)
     with torch.no_grad(), progress_bar(n * rows, "occlusion", progress) as advance:
         for row in range(n):
@@ -194,15 +195,19 @@ def _auto_chunk(model_fn: ModelFn, batch: Tensor, rows: int, budget: int | None)
     return math.ceil(rows / math.ceil(rows / chunk))
 
 
+def _window(height: int, width: int, bounds: Tensor, device: torch.device) -> Tensor:
+    """``[H, W]`` bool mask of the window ``bounds = (y0, x0, y1, x1)``."""
+    ys = torch.arange(height, device=device)
+    xs = torch.arange(width, device=device)
+    rows = (ys >= bounds[0]) & (ys < bounds[2])
+    cols = (xs >= bounds[1]) & (xs < bounds[3])
+    return rows[:, None] & cols[None, :]
+
+
 def _occlude(image: Tensor, fill: Tensor, bounds: Tensor) -> Tensor:
     """One occluded image: `fill` ([C, H, W]-broadcastable) inside ``bounds = (y0, x0, y1, x1)``."""
     _, height, width = image.shape
-    ys = torch.arange(height, device=image.device)
-    xs = torch.arange(width, device=image.device)
-    inside = ((ys >= bounds[0]) & (ys < bounds[2]))[:, None] & (
-        (xs >= bounds[1]) & (xs < bounds[3])
-    )[None, :]
-    return torch.where(inside, fill, image)
+    return torch.where(_window(height, width, bounds, image.device), fill, image)
 
 
 def _place(image: Tensor, patch: Tensor, bounds: Tensor) -> Tensor:
@@ -231,6 +236,10 @@ class _NoiseStream:
         return out.to(dtype=self.like.dtype, device=self.like.device)
 
 
+class _VmapUnsupported(Exception):
+    pass
+
+
 def _scores(
     model_fn: ModelFn,
     image: Tensor,
@@ -242,60 +251,99 @@ def _scores(
     rng_state: Tensor | None,
     advance: Callable[[int], None],
 ) -> Tensor:
-    """Scores of the clean image (index 0) and of every occluded image (1..P), ``[1 + P]``."""
-    bounds = torch.cat([torch.zeros(1, 4, dtype=torch.long), grid.bounds()]).to(image.device)
-    rows = bounds.shape[0]
-    calls = math.ceil(rows / chunk)
-    order = torch.zeros(calls * chunk, dtype=torch.long)  # padding rows repeat the clean row
-    order[:rows] = torch.arange(rows)
-    window = grid.window
-    noise = (
-        _NoiseStream(rng_state, (image.shape[0], *window), plan.noise.lo, plan.noise.hi, image)
-        if plan.noise is not None and rng_state is not None
-        else None
-    )
-    rng = None
-    if plan.function is not None and rng_state is not None:
-        rng = torch.Generator()
-        rng.set_state(rng_state)
+    """Scores of the clean image (index 0) and of every occluded image (1..P), ``[1 + P]``.
+
+    Rows run through ``vmap`` in equal chunks. A model that ``vmap`` cannot run (``.item()``,
+    data-dependent branches) is evaluated one image per call instead, with a logged warning:
+    slower, and still exact, since every row, the clean one included, then takes the same path.
+    """
+    rows = len(grid) + 1
 
     def score(occluded: Tensor) -> Tensor:
         return goal(model_fn(occluded.unsqueeze(0)))[0]
 
-    out = torch.empty(calls * chunk, dtype=torch.float64, device=image.device)
+    def vmapped(images: Tensor) -> Tensor:
+        try:
+            return vmap(score)(images)
+        except OcclensError:
+            raise
+        except RuntimeError as error:
+            raise _VmapUnsupported(str(error).splitlines()[0]) from error
+
+    def one_by_one(images: Tensor) -> Tensor:
+        try:
+            return torch.stack([score(occluded) for occluded in images])
+        except (RuntimeError, TypeError, IndexError) as error:
+            raise fail(
+                CALL,
+                "model_fn",
+                f"the model raised {type(error).__name__} on an occluded image "
+                f"{describe(images[0])}: {str(error).splitlines()[0]}",
+                "make the model accept any image of the clean image's shape",
+            ) from error
+
+    def run(evaluate: Callable[[Tensor], Tensor], size: int) -> Tensor:
+        out = []
+        for images, real in _occluded_chunks(image, plan, row, grid, size, rng_state):
+            out.append(evaluate(images[:real] if size == 1 else images).double())
+            advance(real)
+        return torch.cat(out)[:rows]
+
+    try:
+        return run(vmapped, chunk)
+    except _VmapUnsupported as error:
+        log.warning(
+            "occlens: torch.func.vmap cannot run this model (%s); evaluating one occluded image "
+            "per call instead, which is slower. Remove .item() and data-dependent branches from "
+            "the forward pass to vectorise.",
+            error,
+        )
+        return run(one_by_one, 1)
+
+
+def _occluded_chunks(
+    image: Tensor, plan: FillPlan, row: int, grid: Grid, chunk: int, rng_state: Tensor | None
+) -> Iterator[tuple[Tensor, int]]:
+    """``(images [chunk, C, H, W], real rows)``: the clean image, then the occluded ones in order.
+
+    The last chunk is padded with clean rows, so every chunk has the same size.
+    """
+    bounds = torch.cat([torch.zeros(1, 4, dtype=torch.long), grid.bounds()]).to(image.device)
+    rows = bounds.shape[0]
+    calls = math.ceil(rows / chunk)
+    order = torch.zeros(calls * chunk, dtype=torch.long, device=image.device)
+    order[:rows] = torch.arange(rows)
+    noise = None
+    if plan.noise is not None and rng_state is not None:
+        shape = (image.shape[0], *grid.window)
+        noise = _NoiseStream(rng_state, shape, plan.noise.lo, plan.noise.hi, image)
+    rng = None
+    if plan.function is not None and rng_state is not None:
+        rng = torch.Generator()
+        rng.set_state(rng_state)
     for start in range(0, calls * chunk, chunk):
-        index = order[start : start + chunk].to(image.device)
+        index = order[start : start + chunk]
         part = bounds[index]
         if plan.static is not None:
-            fill = plan.image(row)
-            images = vmap(_occlude, in_dims=(None, None, 0))(image, fill, part)
+            images = vmap(_occlude, in_dims=(None, None, 0))(image, plan.image(row), part)
         elif noise is not None:
-            fresh = int((index > 0).sum())
-            patches = torch.zeros(
-                chunk, image.shape[0], *window, dtype=image.dtype, device=image.device
-            )
-            patches[index > 0] = noise.take(fresh)
+            occluders = index > 0
+            patches = image.new_zeros(chunk, image.shape[0], *grid.window)
+            patches[occluders] = noise.take(int(occluders.sum()))
             images = vmap(_place, in_dims=(None, 0, 0))(image, patches, part)
         else:
             images = _custom_fill(plan, image, part, index, rng)
-        out[start : start + chunk] = _vmap_scores(score, images).double()
-        advance(int((torch.arange(start, start + chunk) < rows).sum()))
-    return out[:rows]
+        yield images, min(chunk, rows - start)
 
 
 def _custom_fill(plan: FillPlan, image: Tensor, part: Tensor, index: Tensor, rng) -> Tensor:
     _, height, width = image.shape
-    ys = torch.arange(height, device=image.device)
-    xs = torch.arange(width, device=image.device)
     images = []
     for bounds, which in zip(part, index.tolist(), strict=True):
         if which == 0:
             images.append(image)
             continue
-        mask = ((ys >= bounds[0]) & (ys < bounds[2]))[:, None] & (
-            (xs >= bounds[1]) & (xs < bounds[3])
-        )[None, :]
-        filled = plan.function(image, mask, rng)  # type: ignore[misc]
+        filled = plan.function(image, _window(height, width, bounds, image.device), rng)  # type: ignore[misc]
         if not isinstance(filled, Tensor) or filled.shape != image.shape:
             raise fail(
                 CALL,
@@ -305,19 +353,3 @@ def _custom_fill(plan: FillPlan, image: Tensor, part: Tensor, index: Tensor, rng
             )
         images.append(filled.to(image.dtype))
     return torch.stack(images)
-
-
-def _vmap_scores(score: Callable[[Tensor], Tensor], images: Tensor) -> Tensor:
-    try:
-        return vmap(score)(images)
-    except OcclensError:
-        raise
-    except RuntimeError as error:
-        raise fail(
-            CALL,
-            "model_fn",
-            f"the model cannot run under torch.func.vmap on {describe(images)}: "
-            f"{str(error).splitlines()[0]}",
-            "avoid .item(), data-dependent Python branches and in-place writes into buffers in "
-            "the forward pass",
-        ) from error
