@@ -1,0 +1,397 @@
+"""occlens.image: file round trips, normalisation, colormaps against matplotlib, overlays, panels."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import occlens as ol
+from occlens import image as oi
+
+TOL = 1 / 255
+
+
+def unchanged(*tensors: torch.Tensor):
+    """Clone the inputs now; calling the result checks that nothing modified them."""
+    before = [t.clone() for t in tensors]
+
+    def check() -> None:
+        for t, b in zip(tensors, before, strict=True):
+            assert torch.equal(t, b)
+
+    return check
+
+
+# --- load / save -------------------------------------------------------------------------------
+
+
+def test_save_load_round_trip_within_one_level(tmp_path):
+    x = torch.rand(3, 9, 13, generator=torch.Generator().manual_seed(0))
+    path = oi.save(x, tmp_path / "deep" / "er" / "x.png")
+    assert path.exists()
+    y = oi.load(path)
+    assert y.shape == (3, 9, 13)
+    assert y.dtype == torch.float32
+    assert (y - x).abs().max() <= 0.5 * TOL + 1e-6
+    assert y.min() >= 0 and y.max() <= 1
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 7), (6, 7)])
+def test_grayscale_loads_as_three_equal_channels(tmp_path, shape):
+    x = torch.rand(*shape)
+    y = oi.load(oi.save(x, tmp_path / "g.png"))
+    assert y.shape == (3, 6, 7)
+    assert torch.equal(y[0], y[1]) and torch.equal(y[1], y[2])
+    assert (y[0] - x.reshape(6, 7)).abs().max() <= TOL
+
+
+def test_transparency_is_composited_onto_white(tmp_path):
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)  # black, fully transparent ...
+    rgba[:2, :, 3] = 255  # ... except the opaque black top half
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    y = oi.load(tmp_path / "a.png")
+    assert torch.equal(y[:, :2], torch.zeros(3, 2, 4))
+    assert torch.equal(y[:, 2:], torch.ones(3, 2, 4))
+
+
+def test_sixteen_bit_keeps_precision(tmp_path):
+    values = np.array([[0, 1000, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    y = oi.load(tmp_path / "deep.png")
+    assert torch.allclose(y[0, 0], torch.tensor([0, 1000, 65535]) / 65535, atol=1e-6)
+
+
+def test_load_resizes(tmp_path):
+    path = oi.save(torch.rand(3, 20, 30), tmp_path / "x.png")
+    assert oi.load(path, size=8).shape == (3, 8, 8)
+    assert oi.load(path, size=(10, 15)).shape == (3, 10, 15)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(ol.OcclensError, match=r"load\(path\): no such file"):
+        oi.load(tmp_path / "missing.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(ol.OcclensError, match=r"cannot read .* as an image"):
+        oi.load(tmp_path / "notes.txt")
+    with pytest.raises(ol.OcclensError, match=r"load\(size\)"):
+        oi.load(tmp_path / "missing.png", size=(0, 4))
+
+
+def test_save_errors(tmp_path):
+    with pytest.raises(ol.OcclensError, match="unknown file extension"):
+        oi.save(torch.rand(3, 4, 4), tmp_path / "x.notaformat")
+    with pytest.raises(ol.OcclensError, match=r"save\(image\)"):
+        oi.save(np.zeros((4, 4)), tmp_path / "x.png")
+
+
+# --- resize ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "out"),
+    [((5, 7), (10, 14)), ((2, 5, 7), (2, 10, 14)), ((2, 3, 5, 7), (2, 3, 10, 14))],
+)
+def test_resize_shapes_and_planes_match_a_loop(shape, out):
+    x = torch.rand(*shape)
+    check = unchanged(x)
+    y = oi.resize(x, (10, 14))
+    assert y.shape == out
+    planes = x.reshape(-1, 5, 7)
+    loop = torch.stack([oi.resize(p, (10, 14)) for p in planes]).reshape(out)
+    assert torch.allclose(y, loop)
+    check()
+
+
+def test_resize_antialiases_when_shrinking():
+    noise = torch.rand(1, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert oi.resize(noise, 8).std() < 0.08  # averaged over 8x8 blocks; plain bilinear is ~0.14
+    assert torch.allclose(oi.resize(torch.full((3, 32, 32), 0.3), 7), torch.full((3, 7, 7), 0.3))
+
+
+def test_resize_nearest_and_identity():
+    x = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+    assert oi.resize(x, 4, mode="nearest")[::2, ::2].tolist() == x.tolist()
+    same = oi.resize(x, 2)
+    assert torch.equal(same, x) and same is not x
+
+
+def test_resize_errors():
+    with pytest.raises(ol.OcclensError, match=r"resize\(mode\)"):
+        oi.resize(torch.rand(3, 4, 4), 2, mode="cubic")
+    with pytest.raises(ol.OcclensError, match=r"resize\(x\).*floating-point"):
+        oi.resize(torch.zeros(3, 4, 4, dtype=torch.uint8), 2)
+    with pytest.raises(ol.OcclensError, match=r"resize\(x\)"):
+        oi.resize(torch.rand(1, 1, 3, 4, 4), 2)
+
+
+# --- normalize ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 5), (2, 3, 5, 5)])
+def test_normalize_denormalize_are_inverses(shape):
+    x = torch.rand(*shape)
+    check = unchanged(x)
+    z = oi.normalize(x)
+    mean = torch.tensor(oi.IMAGENET_MEAN).reshape(3, 1, 1)
+    std = torch.tensor(oi.IMAGENET_STD).reshape(3, 1, 1)
+    assert torch.allclose(z, (x - mean) / std)
+    assert torch.allclose(oi.denormalize(z), x, atol=1e-6)
+    assert torch.allclose(oi.normalize(oi.denormalize(x)), x, atol=1e-6)
+    check()
+
+
+def test_normalize_scalar_stats_and_errors():
+    x = torch.rand(1, 4, 4)
+    assert torch.allclose(oi.normalize(x, 0.5, 0.25), (x - 0.5) / 0.25)
+    with pytest.raises(ol.OcclensError, match=r"normalize\(mean\): expected 1 finite number"):
+        oi.normalize(x)
+    with pytest.raises(ol.OcclensError, match=r"denormalize\(std\): std must be positive"):
+        oi.denormalize(torch.rand(3, 4, 4), std=(1.0, 0.0, 1.0))
+    with pytest.raises(ol.OcclensError, match="NaN"):
+        oi.normalize(torch.full((3, 2, 2), float("nan")))
+
+
+# --- to_pil ------------------------------------------------------------------------------------
+
+
+def test_to_pil_minmax_on_a_constant_image_is_black_not_nan():
+    for x in (torch.full((3, 4, 5), 7.0), torch.zeros(4, 5)):
+        image = oi.to_pil(x, scale="minmax")
+        assert image.size == (5, 4)
+        assert np.asarray(image).max() == 0
+
+
+def test_to_pil_modes_and_scales():
+    x = torch.tensor([[-1.0, 0.0, 0.5, 3.0]])
+    assert oi.to_pil(x).mode == "L"
+    assert np.asarray(oi.to_pil(x)).tolist() == [[0, 0, 128, 255]]
+    assert np.asarray(oi.to_pil(x, scale="minmax")).tolist() == [[0, 64, 96, 255]]
+    assert oi.to_pil(torch.rand(1, 2, 2)).mode == "L"
+    assert oi.to_pil(torch.rand(3, 2, 2)).mode == "RGB"
+
+
+def test_to_pil_errors():
+    with pytest.raises(ol.OcclensError, match=r"to_pil\(x\): expected 1 or 3 channels"):
+        oi.to_pil(torch.rand(2, 4, 4))
+    with pytest.raises(ol.OcclensError, match=r"x\[0\] of a batch"):
+        oi.to_pil(torch.rand(1, 3, 4, 4))
+    with pytest.raises(ol.OcclensError, match=r"to_pil\(scale\)"):
+        oi.to_pil(torch.rand(4, 4), scale="percentile")
+    with pytest.raises(ol.OcclensError, match=r"x\.float\(\) / 255"):
+        oi.to_pil(torch.zeros(4, 4, dtype=torch.uint8))
+
+
+# --- colormaps ---------------------------------------------------------------------------------
+
+
+def test_colorize_endpoints_for_a_non_negative_map():
+    heat = torch.tensor([[0.0, 1.0, 4.0]])
+    check = unchanged(heat)
+    rgb = oi.colorize(heat, "viridis")
+    lut = oi.colormap("viridis")
+    assert rgb.shape == (3, 1, 3)
+    assert torch.allclose(rgb[:, 0, 0], lut[0]) and torch.allclose(rgb[:, 0, 2], lut[-1])
+    # Default: sequential inferno over [0, max].
+    assert torch.allclose(oi.colorize(heat)[:, 0, 2], oi.colormap("inferno")[-1])
+    check()
+
+
+def test_colorize_diverging_centre_is_zero():
+    signed = torch.tensor([[-2.0, 0.0, 0.5]])
+    rgb = oi.colorize(signed)  # RdBu_r over [-2, 2]
+    centre = torch.tensor([0xF7, 0xF7, 0xF7]) / 255
+    assert torch.allclose(rgb[:, 0, 1], centre, atol=1e-6)
+    assert torch.allclose(rgb[:, 0, 0], oi.colormap("RdBu_r")[0])  # most negative: dark blue
+    assert rgb[2, 0, 0] > rgb[0, 0, 0] and rgb[0, 0, 2] > rgb[2, 0, 2]
+
+
+def test_colorize_limits_clip_mirror_and_compare_raw_scales():
+    a = torch.tensor([[0.0, 1.0]])
+    lut = oi.colormap("inferno")
+    # Shared limits keep raw scales comparable; default limits normalise each map to its max.
+    assert torch.equal(oi.colorize(a), oi.colorize(2 * a))
+    assert not torch.equal(oi.colorize(a, vmin=0, vmax=2), oi.colorize(2 * a, vmin=0, vmax=2))
+    assert torch.allclose(oi.colorize(10 * a, vmax=2.0)[:, 0, 1], lut[-1])  # clipped above
+    assert torch.allclose(oi.colorize(a - 5, "inferno", vmin=-4, vmax=0)[:, 0, 0], lut[0])
+    # A diverging map mirrors a single limit: vmax=4 means [-4, 4], so 2 sits at 3/4.
+    expected = oi.colorize(torch.tensor([[0.75]]), "RdBu_r", vmin=0, vmax=1)
+    got = oi.colorize(torch.tensor([[-1.0, 2.0]]), vmax=4.0)[:, :, 1:]
+    assert torch.allclose(got, expected)
+
+
+@pytest.mark.parametrize("value", [0.0, 3.0, -2.0])
+@pytest.mark.parametrize("cmap", [None, "viridis", "RdBu_r"])
+def test_colorize_constant_maps_are_finite(value, cmap):
+    rgb = oi.colorize(torch.full((4, 4), value), cmap)
+    assert torch.isfinite(rgb).all() and rgb.min() >= 0 and rgb.max() <= 1
+    assert (rgb == rgb[:, :1, :1]).all()
+
+
+def test_colorize_zero_map_with_a_diverging_cmap_is_the_centre():
+    rgb = oi.colorize(torch.zeros(2, 2), "RdBu_r")
+    assert torch.allclose(rgb[:, 0, 0], oi.colormap("RdBu_r", n=3)[1])
+    assert torch.allclose(oi.colorize(torch.zeros(2, 2))[:, 0, 0], oi.colormap("inferno")[0])
+
+
+def test_colorize_accepts_a_lookup_table_and_reversal():
+    lut = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    assert torch.allclose(
+        oi.colorize(torch.tensor([[0.0, 0.5, 1.0]]), lut)[0, 0], torch.tensor([0, 0.5, 1])
+    )
+    assert torch.allclose(oi.colormap("viridis_r"), oi.colormap("viridis").flip(0))
+    assert torch.equal(oi.colormap("grey"), oi.colormap("gray"))
+
+
+def test_colorize_errors():
+    with pytest.raises(ol.OcclensError, match=r"colorize\(map\): expected a map \[H, W\]"):
+        oi.colorize(torch.rand(3, 4, 4))
+    with pytest.raises(ol.OcclensError, match="NaN"):
+        oi.colorize(torch.tensor([[0.0, float("nan")]]))
+    with pytest.raises(ol.OcclensError, match=r"colorize\(vmin\): vmin=2.0 is above vmax=1.0"):
+        oi.colorize(torch.rand(2, 2), vmin=2, vmax=1)
+    with pytest.raises(ol.OcclensError, match=r"colorize\(vmax\): expected a finite number"):
+        oi.colorize(torch.rand(2, 2), vmax=float("inf"))
+    with pytest.raises(ol.OcclensError, match=r"colorize\(cmap\): expected a lookup table"):
+        oi.colorize(torch.rand(2, 2), torch.rand(4))
+    with pytest.raises(ol.OcclensError, match=r"colormap\(n\)"):
+        oi.colormap("viridis", n=1)
+
+
+def test_builtin_colormaps_work_without_matplotlib(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
+    for name in oi.BUILTIN_COLORMAPS:
+        lut = oi.colormap(name)
+        assert lut.shape == (256, 3) and lut.min() >= 0 and lut.max() <= 1
+        assert oi.colorize(torch.rand(3, 3), name).shape == (3, 3, 3)
+    with pytest.raises(ol.OcclensError, match="matplotlib is not installed"):
+        oi.colorize(torch.rand(3, 3), "jet")
+
+
+@pytest.mark.parametrize("name", ["viridis", "inferno", "RdBu", "RdBu_r", "gray"])
+def test_builtin_tables_agree_with_matplotlib(name):
+    matplotlib = pytest.importorskip("matplotlib")
+    reference = matplotlib.colormaps[name](np.arange(256))[:, :3]
+    ours = oi.colormap(name).numpy()
+    assert np.abs(ours - reference).max() < 1.5 / 255
+
+
+def test_matplotlib_names_are_looked_up_when_installed():
+    matplotlib = pytest.importorskip("matplotlib")
+    reference = matplotlib.colormaps["jet"](np.arange(256))[:, :3]
+    assert np.allclose(oi.colormap("jet").numpy(), reference, atol=1e-6)
+    with pytest.raises(ol.OcclensError, match="closest: 'jet'"):
+        oi.colorize(torch.rand(2, 2), "jett")
+
+
+# --- overlay -----------------------------------------------------------------------------------
+
+
+def test_overlay_alpha_extremes():
+    image, heat = torch.rand(3, 8, 8), torch.rand(8, 8)
+    check = unchanged(image, heat)
+    assert torch.equal(oi.overlay(image, heat, alpha=0.0), image)
+    assert torch.equal(oi.overlay(image, heat, alpha=1.0), oi.colorize(heat))
+    half = oi.overlay(image, heat, alpha=0.5, cmap="viridis")
+    assert torch.allclose(half, 0.5 * image + 0.5 * oi.colorize(heat, "viridis"))
+    check()
+
+
+def test_overlay_upsamples_the_map_with_the_original_limits():
+    image, heat = torch.rand(3, 16, 12), torch.randn(4, 3)
+    out = oi.overlay(image, heat, alpha=1.0, vmin=-1.0, vmax=1.0)
+    assert out.shape == (3, 16, 12)
+    expected = oi.colorize(oi.resize(heat, (16, 12)), vmin=-1.0, vmax=1.0)
+    assert torch.allclose(out, expected)
+
+
+def test_overlay_shared_limits_compare_images():
+    image, heat = torch.rand(3, 4, 4), torch.rand(4, 4)
+    a = oi.overlay(image, heat, vmin=0.0, vmax=2.0)
+    b = oi.overlay(image, 2 * heat, vmin=0.0, vmax=2.0)
+    assert not torch.allclose(a, b)
+    assert torch.allclose(oi.overlay(image, heat), oi.overlay(image, 2 * heat))
+
+
+def test_overlay_grayscale_image_and_errors():
+    assert oi.overlay(torch.rand(1, 4, 4), torch.rand(2, 2)).shape == (3, 4, 4)
+    with pytest.raises(ol.OcclensError, match=r"overlay\(image\).*denormalize"):
+        oi.overlay(oi.normalize(torch.ones(3, 4, 4)), torch.rand(4, 4))
+    with pytest.raises(ol.OcclensError, match=r"overlay\(alpha\)"):
+        oi.overlay(torch.rand(3, 4, 4), torch.rand(4, 4), alpha=1.5)
+    with pytest.raises(ol.OcclensError, match=r"overlay\(map\)"):
+        oi.overlay(torch.rand(3, 4, 4), torch.rand(3, 4, 4))
+    with pytest.raises(ol.OcclensError, match=r"overlay\(image\): expected 1 or 3 channels"):
+        oi.overlay(torch.rand(4, 4, 4), torch.rand(4, 4))
+
+
+# --- panel / draw_box --------------------------------------------------------------------------
+
+
+def test_panel_size_arithmetic():
+    images = [torch.rand(3, 10, 20) for _ in range(5)]
+    grid = oi.panel(images, ncols=3, cell=(10, 20), pad=4)
+    assert grid.size == (3 * 20 + 4 * 4, 2 * 10 + 3 * 4)
+    titled = oi.panel(images, [f"#{i}" for i in range(5)], ncols=3, cell=(10, 20), pad=4)
+    extra = titled.height - grid.height
+    assert titled.width == grid.width and extra > 0 and extra % 2 == 0  # one title band per row
+    assert oi.panel(images, ncols=9, pad=0).size == (5 * 20, 10)  # ncols capped at the count
+
+
+def test_panel_mixes_pil_and_tensors_on_white():
+    pil = Image.new("RGB", (6, 4), "black")
+    grid = oi.panel([pil, torch.zeros(1, 8, 3), torch.zeros(3, 5, 5)], pad=2)
+    assert grid.size == (4 * 2 + 3 * 6, 8 + 2 * 2)  # cell = the largest height and width, (8, 6)
+    assert oi.panel(torch.zeros(4, 3, 5, 5), ncols=2, pad=0).size == (10, 10)  # a batch
+    pixels = np.asarray(grid)
+    assert (pixels[0, 0] == 255).all()  # white background
+    assert (pixels[2 + 2, 2] == 0).all()  # the black PIL image, centred vertically in its cell
+
+
+def test_panel_draws_titles_and_scales_to_the_cell():
+    grid = oi.panel([torch.ones(3, 4, 8)], ["a title"], cell=(16, 16), pad=0)
+    pixels = np.asarray(grid)
+    title_h = grid.height - 16
+    assert (pixels[:title_h] < 128).any()  # some black text
+    assert (pixels[title_h + 4 : title_h + 12] == 255).all()  # 4x8 scaled to 8x16, centred
+
+
+def test_panel_errors():
+    with pytest.raises(ol.OcclensError, match=r"panel\(images\)"):
+        oi.panel([])
+    with pytest.raises(ol.OcclensError, match=r"panel\(titles\)"):
+        oi.panel([torch.rand(3, 2, 2)], ["a", "b"])
+    with pytest.raises(ol.OcclensError, match=r"panel\(images\[1\]\)"):
+        oi.panel([torch.rand(3, 2, 2), "x.png"])
+    with pytest.raises(ol.OcclensError, match=r"panel\(ncols\)"):
+        oi.panel([torch.rand(3, 2, 2)], ncols=0)
+
+
+def test_draw_box_outline_clipping_and_purity():
+    image = torch.zeros(3, 6, 6)
+    check = unchanged(image)
+    boxed = oi.draw_box(image, (1, 2, 5, 6), color=(0.0, 1.0, 0.0), width=1)
+    ring = torch.zeros(6, 6)
+    ring[1:5, 2:6] = 1
+    ring[2:4, 3:5] = 0
+    assert torch.equal(boxed[1], ring) and torch.equal(boxed[0], torch.zeros(6, 6))
+    # A box hanging off the top-left corner: only its bottom and right sides are visible.
+    corner = oi.draw_box(image, (-3, -3, 3, 3))[0]
+    assert corner[2, :3].tolist() == [1, 1, 1] and corner[:3, 2].tolist() == [1, 1, 1]
+    assert corner.sum() == 5
+    assert torch.equal(oi.draw_box(image, (10, 10, 12, 12)), image)  # entirely outside
+    check()
+    with pytest.raises(ol.OcclensError, match=r"draw_box\(box\)"):
+        oi.draw_box(image, (3, 3, 3, 4))
+    with pytest.raises(ol.OcclensError, match=r"draw_box\(color\)"):
+        oi.draw_box(image, (0, 0, 2, 2), color=(1.0, 0.0))
+
+
+def test_public_surface():
+    assert ol.image is oi
+    assert sorted(oi.__all__) == oi.__all__
+    for name in oi.__all__:
+        assert getattr(oi, name).__doc__ or name.isupper(), name
