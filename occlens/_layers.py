@@ -9,6 +9,7 @@ changed: the truncated graph shares its submodules, and the scoped hook is remov
 from __future__ import annotations
 
 import logging
+import operator
 
 from torch import Tensor, fx, nn
 
@@ -43,11 +44,32 @@ def _trace(model: nn.Module, leaf: str | None) -> fx.Graph | None:
         return None
 
 
+_COMPUTING = ("call_module", "call_function", "call_method")
+_IN_PLACE = {
+    getattr(operator, f"i{name}")
+    for name in [
+        "add",
+        "and",
+        "floordiv",
+        "lshift",
+        "matmul",
+        "mod",
+        "mul",
+        "or",
+        "pow",
+        "rshift",
+        "sub",
+        "truediv",
+        "xor",
+    ]
+}
+
+
 def _node_names(graph: fx.Graph) -> list[str]:
     """Names of the computing nodes: module path for a module's first call, node name otherwise."""
     names, seen = [], set()
     for node in graph.nodes:
-        if node.op not in ("call_module", "call_function", "call_method"):
+        if node.op not in _COMPUTING:
             continue
         if node.op == "call_module" and node.target not in seen:
             seen.add(node.target)
@@ -94,7 +116,7 @@ def _find_node(graph: fx.Graph, name: str) -> fx.Node | None:
         if node.op == "call_module" and node.target == name:
             return node
     for node in graph.nodes:
-        if node.op in ("call_module", "call_function", "call_method") and node.name == name:
+        if node.op in _COMPUTING and node.name == name:
             return node
     return None
 
@@ -113,6 +135,29 @@ def _truncate(graph: fx.Graph, stop: fx.Node) -> fx.Graph:
             break
     new.output(env[stop])
     return new
+
+
+def _may_mutate(node: fx.Node, root: nn.Module) -> bool:
+    """Whether a node may write into a tensor: fx's own purity test misses in-place spellings."""
+    if node.is_impure():
+        return True
+    if node.op == "call_method":
+        return str(node.target).endswith("_")
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return bool(node.kwargs.get("inplace")) or name.endswith("_") or node.target in _IN_PLACE
+    if node.op == "call_module":
+        return bool(getattr(root.get_submodule(str(node.target)), "inplace", False))
+    return False
+
+
+def _drop_unused(module: fx.GraphModule) -> None:
+    """Remove nodes whose value nobody reads, unless they may write into a tensor."""
+    for node in reversed(list(module.graph.nodes)):
+        if node.op in _COMPUTING and not node.users and not _may_mutate(node, module):
+            module.graph.erase_node(node)
+    module.graph.lint()
+    module.recompile()
 
 
 class _EarlyExit(Exception):
@@ -177,8 +222,7 @@ def layer(model: nn.Module, name: str) -> nn.Module:
         node = _find_node(graph, name)
         if node is not None:
             truncated = fx.GraphModule(model, _truncate(graph, node), class_name="OcclensLayer")
-            truncated.graph.eliminate_dead_code()
-            truncated.recompile()
+            _drop_unused(truncated)
             return truncated
     if is_module:
         if graph is None:

@@ -138,3 +138,31 @@ def test_truncation_shares_parameters_and_changes_nothing():
     truncated = ol.layer(model, "block")
     assert truncated.get_submodule("stem").weight is model.stem.weight
     assert_untouched(model, before)
+
+
+class InPlaceSpellings(nn.Module):
+    """In-place ops whose results nobody reads: truncation must keep them all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.act = nn.ReLU(inplace=True)
+        self.head = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        a = self.conv(x)
+        a.relu_()
+        b = self.conv(x)
+        F.relu(b, inplace=True)
+        c = self.conv(x)
+        torch.relu_(c)
+        d = self.conv(x)
+        self.act(d)
+        return self.head(a + b + c + d)
+
+
+def test_in_place_ops_with_unused_results_survive_truncation():
+    model, x = InPlaceSpellings().eval(), torch.randn(1, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(ol.layer(model, "head")(x), model(x), rtol=0, atol=0)
+        assert (ol.layer(model, "add_2")(x) >= 0).all()
