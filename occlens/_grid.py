@@ -69,7 +69,8 @@ def axis(
             return None
         return Axis(starts, tuple(s + window for s in starts), size)
     count = math.ceil(max(span - window, 0) / stride) + 1
-    starts = tuple(lo + k * stride for k in range(count))
+    # With stride > window the formula can place a last start past the end: drop it.
+    starts = tuple(lo + k * stride for k in range(count) if k * stride < span)
     return Axis(starts, tuple(min(s + window, hi) for s in starts), size)
 
 

@@ -15,9 +15,13 @@ NOISE_BLOCK = 64  # occlens' documented noise stream: blocks of 64 occluders, fl
 
 
 def captum_positions(size: int, window: int, stride: int) -> list[tuple[int, int]]:
-    """Captum: ceil((D - w) / s) + 1 windows, the last one cut at the border."""
+    """Captum: ceil((D - w) / s) + 1 windows, the last one cut at the border.
+
+    Captum requires stride <= window; with a larger stride a last start can fall past the end,
+    and such an empty window is left out.
+    """
     count = math.ceil((size - window) / stride) + 1
-    return [(k * stride, min(k * stride + window, size)) for k in range(count)]
+    return [(k * stride, min(k * stride + window, size)) for k in range(count) if k * stride < size]
 
 
 def fitting_positions(size: int, window: int, stride: int) -> list[tuple[int, int]]:

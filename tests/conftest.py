@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+import torch
 from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -23,3 +24,7 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+# The test models are tiny: one thread per process beats two (OpenMP overhead per op), and lets
+# pytest-xdist use one worker per core.
+torch.set_num_threads(1)

@@ -26,6 +26,7 @@ from torch import nn
 
 import occlens as ol
 from occlens import targets as T
+from occlens import testing
 
 
 def convnet(seed: int = 0, dtype=torch.float64, classes: int = 5) -> nn.Module:
@@ -307,3 +308,57 @@ def test_model_and_inputs_are_untouched_also_when_a_call_raises():
         ol.occlusion(model, x, 99, window=3)
     assert_untouched(model, before)
     assert tensor_state(x) == x_before
+
+
+@given(
+    model=testing.small_cnns(min_input=8, num_classes=4),
+    x=testing.images(min_size=8, max_size=16),
+    data=st.data(),
+)
+def test_captum_parity_on_generated_nets(model, x, data):
+    model, x = model.double(), x.double()
+    height, width = x.shape[1:]
+    window = (data.draw(st.integers(1, height)), data.draw(st.integers(1, width)))
+    stride = (data.draw(st.integers(1, window[0])), data.draw(st.integers(1, window[1])))
+    target = data.draw(st.integers(0, 3))
+    ours = ol.occlusion(model, x, target, window=window, stride=stride, edge="cover")
+    theirs = captum_occlusion(model, x, target, window, stride, ppe=8)
+    scale = theirs.abs().max().clamp(min=1e-6)
+    assert ((ours - theirs).abs().max() / scale) <= 1e-5
+
+
+@given(
+    model=testing.small_cnns(min_input=10),
+    x=testing.images(min_size=10, max_size=20),
+    data=st.data(),
+)
+def test_occluders_outside_a_units_receptive_field_change_nothing(model, x, data):
+    size = tuple(x.shape[1:])
+    fh, fw = model.feature_size(size)
+    y, xx = data.draw(st.integers(0, fh - 1)), data.draw(st.integers(0, fw - 1))
+    channel = data.draw(st.integers(0, model.features(x[None]).shape[1] - 1))
+    window = (data.draw(st.integers(1, size[0])), data.draw(st.integers(1, size[1])))
+    stride = (data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4)))
+    fill = data.draw(st.sampled_from([0.0, "mean", ol.fills.uniform(-3, 3)]))
+    edge = data.draw(st.sampled_from(["fit", "cover"]))
+    grid = ol.occlusion(
+        ol.layer(model, "features"),
+        x,
+        T.unit(channel, y, xx),
+        window=window,
+        stride=stride,
+        edge=edge,
+        fill=fill,
+        key=1,
+        aggregate="grid",
+        chunk_size=data.draw(st.sampled_from([None, 1, 3, 64])),
+    )
+    y0, x0, y1, x1 = model.receptive_box(y, xx, size)
+    positions = captum_positions if edge == "cover" else fitting_positions
+    rows = positions(size[0], window[0], stride[0])
+    cols = positions(size[1], window[1], stride[1])
+    assert grid.shape == (len(rows), len(cols))
+    for i, (top, bottom) in enumerate(rows):
+        for j, (left, right) in enumerate(cols):
+            if not (top < y1 and bottom > y0 and left < x1 and right > x0):
+                assert grid[i, j] == 0, (i, j, float(grid[i, j]))
