@@ -44,8 +44,13 @@ def overlay(
     alpha: float = 0.5,
     vmin: float | None = None,
     vmax: float | None = None,
+    weight: str = "uniform",
 ) -> Tensor:
     """Blend a coloured map over an image: ``(1 - alpha) * image + alpha * colorize(map)``.
+
+    With ``weight="magnitude"`` each pixel's alpha is scaled by the map's strength there: its
+    distance from 0 relative to the range for signed maps, its position in ``[vmin, vmax]``
+    otherwise. Weak regions then show the image rather than the colour map's neutral colour.
 
     `image` is ``[3, H, W]`` (or ``[1, H, W]``) in [0, 1]; `map` is ``[h, w]`` and is resized
     bilinearly to ``[H, W]`` if needed (resize it yourself with ``mode="nearest"`` to keep blocks).
@@ -59,6 +64,8 @@ def overlay(
     torch.Size([3, 32, 32])
     >>> torch.equal(overlay(image, heat, alpha=0.0), image)
     True
+    >>> torch.equal(overlay(image, torch.zeros(4, 4) - 1.0, weight="magnitude"), image)
+    False
     """
     call = "occlens.image.overlay"
     x = _rgb_image(image, call)
@@ -66,11 +73,19 @@ def overlay(
     values = check_tensor(map, call, "map", (2,), "a map [h, w]", fix)
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
         raise fail(call, "alpha", f"expected a number in [0, 1], got {describe(alpha)}", "e.g. 0.5")
+    if weight not in ("uniform", "magnitude"):
+        raise fail(call, "weight", f"got {weight!r}", "use 'uniform' or 'magnitude'")
     lut, lo, hi, flat = resolve(values, cmap, vmin, vmax, call)
     if values.shape != x.shape[1:]:
         values = resize(values, tuple(x.shape[1:]))
     colour = apply(values, lut, lo, hi, flat).to(device=x.device, dtype=x.dtype)
-    return x * (1 - float(alpha)) + colour * float(alpha)
+    strength = torch.full_like(values, float(alpha))
+    if weight == "magnitude" and hi > lo:
+        signed = lo < 0 < hi
+        share = values.abs() / max(-lo, hi) if signed else (values - lo) / (hi - lo)
+        strength = strength * share.clamp(0, 1)
+    strength = strength.to(device=x.device, dtype=x.dtype)
+    return x * (1 - strength) + colour * strength
 
 
 def draw_box(

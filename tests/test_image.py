@@ -395,3 +395,17 @@ def test_public_surface():
     assert sorted(oi.__all__) == oi.__all__
     for name in oi.__all__:
         assert getattr(oi, name).__doc__ or name.isupper(), name
+
+
+def test_overlay_magnitude_weight_shows_the_image_where_the_map_is_zero():
+    image = torch.rand(3, 4, 4)
+    signed = torch.zeros(4, 4)
+    signed[0, 0], signed[3, 3] = 2.0, -1.0
+    out = oi.overlay(image, signed, alpha=0.8, weight="magnitude")
+    assert torch.equal(out[:, 1:3, 1:3], image[:, 1:3, 1:3])
+    full = oi.overlay(image, signed, alpha=0.8)
+    torch.testing.assert_close(out[:, 0, 0], full[:, 0, 0])  # the strongest pixel: full alpha
+    halfway = 0.4 * oi.colorize(signed)[:, 3, 3] + 0.6 * image[:, 3, 3]
+    torch.testing.assert_close(out[:, 3, 3], halfway)
+    with pytest.raises(ol.OcclensError, match=r"overlay\(weight\): got 'loud'"):
+        oi.overlay(image, signed, weight="loud")
