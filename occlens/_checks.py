@@ -6,12 +6,14 @@ argument and the shapes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ._errors import OcclensError, describe, fail
+from ._memory import measure_forward
 
 __all__ = [
     "check_eval_policy",
@@ -20,6 +22,8 @@ __all__ = [
     "image_batch",
     "positive_pair",
 ]
+
+log = logging.getLogger("occlens")
 
 # Layers whose forward depends on the training flag in a way that changes the answer or the model:
 # batch statistics, random masks, running-stat updates.
@@ -168,14 +172,29 @@ def _check_dtype_device(model_fn: object, x: Tensor, call: str) -> None:
         break
 
 
-def clean_forward(model_fn, batch: Tensor, call: str) -> Tensor:
-    """Run the model once on the clean batch (no autograd) and check what comes back."""
+def clean_forward(
+    model_fn, batch: Tensor, call: str, *, measure: bool = False
+) -> tuple[Tensor, int]:
+    """Run the model once on the clean batch (no autograd) and check what comes back.
+
+    Returns the output and, with `measure`, the bytes the forward pass allocated (else 0).
+    """
     check_model_fn(model_fn, call)
     check_eval_policy(model_fn, call)
     _check_dtype_device(model_fn, batch, call)
+    allocated = 0
     try:
-        with torch.no_grad():
-            output = model_fn(batch)
+        if measure:
+            try:
+                output, allocated = measure_forward(model_fn, batch)
+            except OcclensError:
+                raise
+            except Exception as error:  # the counting mode itself may not follow every model
+                log.debug("occlens: could not measure the forward pass (%s)", error)
+                measure = False
+        if not measure:
+            with torch.no_grad():
+                output = model_fn(batch)
     except OcclensError:
         raise
     except (RuntimeError, TypeError, IndexError) as error:
@@ -186,7 +205,7 @@ def clean_forward(model_fn, batch: Tensor, call: str) -> Tensor:
             f"{str(error).splitlines()[0] if str(error) else ''}",
             "check that the input shape and channels are what the model expects",
         ) from error
-    return check_output(output, batch, call)
+    return check_output(output, batch, call), allocated
 
 
 def check_output(output: object, batch: Tensor, call: str) -> Tensor:

@@ -22,7 +22,7 @@ from ._fills import FillPlan, plan_fill
 from ._grid import AGGREGATES, EDGES, Grid, axis, check_choice
 from ._grid import aggregate as aggregate_deltas
 from ._keys import generator
-from ._memory import auto_chunk, default_budget, measure_forward
+from ._memory import auto_chunk, default_budget
 from ._progress import progress as progress_bar
 from ._targets import TargetBase, as_target
 from ._types import Key, ModelFn, TargetLike
@@ -72,8 +72,11 @@ def occlusion(
 
     `target` is an int class, a ``LongTensor[B]`` (one per image) or a target from
     `occlens.targets`; `peak` targets are resolved on the clean image. `chunk_size` bounds the
-    occluded images per model call; by default it is chosen so that one call stays within
-    `memory_budget` bytes. The same `key` gives bit-identical noise for every `chunk_size`.
+    images per model call; by default it is chosen so that one call stays within
+    `memory_budget` bytes and, on the CPU, near the caches. The same `key` gives bit-identical
+    noise for every `chunk_size`, and conv nets give bit-identical maps for every `chunk_size`
+    of 2 or more (single-image calls take other CPU kernels, equal to float rounding).
+    `progress` shows a progress bar (``None``: for long runs on a terminal).
 
     Shapes: ``x [C, H, W] -> [H, W]`` and ``x [B, C, H, W] -> [B, H, W]``; with
     ``aggregate="grid"``, ``[n_rows, n_cols]`` / ``[B, n_rows, n_cols]``.
@@ -100,13 +103,13 @@ def occlusion(
     else:
         rng_state = None
     _check_sizes(chunk_size, memory_budget)
-    clean = clean_forward(model_fn, batch, CALL)
+    _check_flags(absolute, progress)
+    clean, allocated = clean_forward(model_fn, batch, CALL, measure=chunk_size is None)
     goal = as_target(target, CALL)
     goal.check(clean, CALL)
     goal = goal.resolve(clean)
     rows = len(grid) + 1
-    # Single-sample calls take other BLAS/oneDNN code paths than batched ones: never make them.
-    chunk = max(2, chunk_size or _auto_chunk(model_fn, batch, rows, memory_budget))
+    chunk = chunk_size or _auto_chunk(allocated // n, batch, rows, memory_budget)
     deltas = torch.empty(n, len(grid), dtype=clean.dtype, device=clean.device)
     with torch.no_grad(), progress_bar(n * rows, "occlusion", progress) as advance:
         for row in range(n):
@@ -181,16 +184,21 @@ def _check_sizes(chunk_size: object, memory_budget: object) -> None:
             )
 
 
-def _auto_chunk(model_fn: ModelFn, batch: Tensor, rows: int, budget: int | None) -> int:
+def _check_flags(absolute: object, progress: object) -> None:
+    if not isinstance(absolute, bool):
+        raise fail(CALL, "absolute", f"got {describe(absolute)}", "pass True or False")
+    if progress is not None and not isinstance(progress, bool):
+        raise fail(CALL, "progress", f"got {describe(progress)}", "pass True, False or None (auto)")
+
+
+def _auto_chunk(activations: int, batch: Tensor, rows: int, budget: int | None) -> int:
     image_bytes = batch[0].nbytes
-    try:
-        _, per_sample = measure_forward(model_fn, batch[:1])
-    except Exception as error:  # a model the dispatch mode cannot follow: assume a deep net
-        log.debug("occlens: could not measure the forward pass (%s)", error)
-        per_sample = 64 * image_bytes
+    if activations == 0:  # the forward pass could not be measured: assume a deep net
+        activations = 64 * image_bytes
     # Each occluded image also exists as the mask, the fill and the composite.
-    per_row = per_sample + 4 * image_bytes
-    chunk = auto_chunk(per_row, budget or default_budget(batch.device), batch.device, rows)
+    per_row = activations + 4 * image_bytes
+    budget = budget or default_budget(batch.device)
+    chunk = auto_chunk(activations, per_row, budget, batch.device, rows)
     # Spread rows evenly over the calls so that the padding of the last call stays small.
     return math.ceil(rows / math.ceil(rows / chunk))
 

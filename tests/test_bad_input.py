@@ -195,3 +195,10 @@ def test_a_fill_function_returning_the_wrong_shape():
         ol.OcclensError, match=r"occlusion\(fill\): the fill function returned Tensor\[3, 2, 2\]"
     ):
         call(fill=lambda img, mask, gen: img[:, :2, :2])
+
+
+def test_flags_must_be_booleans():
+    with pytest.raises(ol.OcclensError, match=r"occlusion\(absolute\): got 'yes'"):
+        call(absolute="yes")
+    with pytest.raises(ol.OcclensError, match=r"occlusion\(progress\): got 1"):
+        call(progress=1)

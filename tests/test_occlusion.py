@@ -247,12 +247,26 @@ def test_batch_with_per_image_targets_equals_single_calls():
         torch.testing.assert_close(batch[i], one, rtol=0, atol=0)
 
 
-@given(chunk=st.integers(1, 80), seed=st.integers(0, 1000))
+@given(chunk=st.integers(2, 80), seed=st.integers(0, 1000))
 def test_chunked_equals_unchunked_bit_for_bit(chunk, seed):
     model, x = convnet(seed, torch.float32), image(seed, (3, 12, 12), torch.float32)
     kwargs = dict(window=3, stride=1, fill=ol.fills.uniform(), key=seed, aggregate="grid")
     whole = ol.occlusion(model, x, 1, chunk_size=200, **kwargs)
     assert torch.equal(ol.occlusion(model, x, 1, chunk_size=chunk, **kwargs), whole)
+    assert torch.equal(ol.occlusion(model, x, 1, **kwargs), whole)  # the automatic chunk size
+
+
+def test_single_image_calls_agree_to_float_rounding():
+    """chunk_size=1 runs batch-1 kernels, which round differently on the CPU; the noise is the same."""
+    model, x = convnet(2, torch.float32), image(2, (3, 12, 12), torch.float32)
+    kwargs = dict(window=3, stride=1, fill=ol.fills.uniform(), key=2, aggregate="grid")
+    ones = ol.occlusion(model, x, 1, chunk_size=1, **kwargs)
+    batched = ol.occlusion(model, x, 1, **kwargs)
+    assert (ones - batched).abs().max() <= 1e-5 * batched.abs().max()
+    double = ol.occlusion(model.double(), x.double(), 1, chunk_size=1, **kwargs)
+    torch.testing.assert_close(
+        double, ol.occlusion(model, x.double(), 1, **kwargs), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_keys_determinism_and_generators_are_not_advanced():
@@ -362,3 +376,32 @@ def test_occluders_outside_a_units_receptive_field_change_nothing(model, x, data
         for j, (left, right) in enumerate(cols):
             if not (top < y1 and bottom > y0 and left < x1 and right > x0):
                 assert grid[i, j] == 0, (i, j, float(grid[i, j]))
+
+
+@pytest.mark.parametrize("edge", ["fit", "cover"])
+@pytest.mark.parametrize("how", ["mean", "sum", "grid"])
+def test_box_restricts_windows_to_the_box(edge, how):
+    """Windows start at the box's corner; "cover" clips the last one at the box's far side."""
+    model, x = convnet(25), image(26, (3, 16, 15))
+    box = (3, 2, 13, 12)  # 10 x 10, half-open
+
+    def positions(lo, hi, window, stride):
+        span = captum_positions if edge == "cover" else fitting_positions
+        return [(lo + a, lo + b) for a, b in span(hi - lo, window, stride)]
+
+    rows, cols = positions(3, 13, 4, 3), positions(2, 12, 3, 4)
+    windows = grid_windows(rows, cols)
+    deltas = deltas_loop(model, x, T.logit(1), windows, constant_fill(0.0))
+    expected = {
+        "mean": lambda: mean_map(16, 15, windows, deltas),
+        "sum": lambda: sum_map(16, 15, windows, deltas),
+        "grid": lambda: torch.tensor(deltas, dtype=torch.float64).view(len(rows), len(cols)),
+    }[how]()
+    ours = ol.occlusion(
+        model, x, 1, window=(4, 3), stride=(3, 4), box=box, edge=edge, aggregate=how
+    )
+    torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-10)
+    if how != "grid":
+        outside = torch.ones(16, 15, dtype=torch.bool)
+        outside[3:13, 2:12] = False
+        assert torch.all(ours[outside] == 0)
