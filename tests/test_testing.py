@@ -30,16 +30,6 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Run this module on one intra-op thread: the networks here are tiny, and on a busy 2-core
-    machine a second OpenMP thread turns each 0.1 ms conv into a 16 ms wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def alexnet() -> nn.Module:
     return testing.alexnet()
