@@ -14,9 +14,10 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from ._checks import positive_pair
 from ._colormaps import apply, resolve
 from ._errors import describe, fail
-from ._image_io import check_tensor, resize, size_pair, to_pil
+from ._image_io import check_tensor, resize, to_pil
 
 __all__ = ["draw_box", "overlay", "panel"]
 
@@ -220,7 +221,7 @@ def panel(
     if cell is None:
         cell_hw = (max(p.height for p in pictures), max(p.width for p in pictures))
     else:
-        cell_hw = size_pair(cell, call, "cell")
+        cell_hw = positive_pair(cell, call, "cell")
         pictures = [_fit(p, cell_hw) for p in pictures]
     cols = min(ncols or n, n)
     rows = -(-n // cols)

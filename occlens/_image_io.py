@@ -10,7 +10,6 @@ Tensors are float ``[C, H, W]`` (or batches ``[B, C, H, W]``) with pixels in [0,
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
+from ._checks import positive_pair
 from ._errors import describe, fail
 
 __all__ = [
@@ -32,7 +32,6 @@ __all__ = [
     "normalize",
     "resize",
     "save",
-    "size_pair",
     "to_pil",
 ]
 
@@ -72,21 +71,6 @@ def check_tensor(
     return x
 
 
-def size_pair(size: object, call: str, argument: str = "size") -> tuple[int, int]:
-    """``int`` -> a square ``(size, size)``; ``(h, w)`` -> itself; both positive."""
-    pair = (size, size) if isinstance(size, numbers.Integral) else size
-    if (
-        not isinstance(pair, (tuple, list))
-        or len(pair) != 2
-        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair)
-        or min(pair) < 1
-    ):
-        raise fail(
-            call, argument, f"expected a positive int or (h, w), got {describe(size)}", "e.g. 224"
-        )
-    return int(pair[0]), int(pair[1])
-
-
 def resize(x: Tensor, size: int | tuple[int, int], *, mode: str = "bilinear") -> Tensor:
     """Resize the last two (spatial) dimensions of an image or a map.
 
@@ -105,7 +89,7 @@ def resize(x: Tensor, size: int | tuple[int, int], *, mode: str = "bilinear") ->
     check_tensor(x, call, "x", (2, 3, 4), "[H, W], [C, H, W] or [B, C, H, W]", "reshape it")
     if mode not in MODES:
         raise fail(call, "mode", f"unknown mode {mode!r}", f"use one of {', '.join(MODES)}")
-    h, w = size_pair(size, call)
+    h, w = positive_pair(size, call, "size")
     height, width = x.shape[-2:]
     if (h, w) == (height, width):
         return x.clone()
@@ -232,7 +216,7 @@ def load(path: str | os.PathLike[str], *, size: int | tuple[int, int] | None = N
     torch.Size([3, 4, 4])
     """
     call = "occlens.image.load"
-    target = None if size is None else size_pair(size, call)
+    target = None if size is None else positive_pair(size, call, "size")
     if not isinstance(path, (str, os.PathLike)):
         raise fail(call, "path", f"expected a file path, got {describe(path)}", "pass a str/Path")
     path = Path(path)
