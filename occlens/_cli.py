@@ -34,12 +34,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
     demo.add_argument("--no-progress", action="store_true", help="never show progress bars")
+    demo.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=(
+            "torch CPU threads (default: torch's own choice; use 1 when other work shares the "
+            "cores, since spinning OpenMP threads slow each other down)"
+        ),
+    )
     return parser
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import torch
+
     from ._demo import run_demo
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise OcclensError(f"occlens demo: --threads must be 1 or more, got {args.threads}.")
+        torch.set_num_threads(args.threads)
     report = run_demo(args.out, progress=False if args.no_progress else None)
     if args.json:
         summary = {

@@ -16,9 +16,11 @@ from occlens._cli import main
 
 @pytest.mark.slow
 def test_demo_writes_the_panel_and_maps_in_under_a_minute(tmp_path):
+    # One thread: under `pytest -n 2` the other worker holds the second core, and two spinning
+    # OpenMP threads sharing one core run several times slower than one.
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "occlens", "demo", "--out", str(tmp_path)],
+        [sys.executable, "-m", "occlens", "demo", "--out", str(tmp_path), "--threads", "1"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -49,3 +51,8 @@ def test_bad_arguments_exit_with_code_2(argv, capsys):
         main(argv)
     assert exit_.value.code == 2
     assert "usage: occlens" in capsys.readouterr().err
+
+
+def test_demo_rejects_zero_threads_with_code_2(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--threads", "0"]) == 2
+    assert "--threads must be 1 or more, got 0" in capsys.readouterr().err
