@@ -11,22 +11,42 @@ torch.Size([16, 16])
 """
 
 from . import fills as fills
+from . import maps as maps
 from . import targets as targets
+from ._combine import chain as chain
+from ._combine import identity as identity
+from ._combine import map_output as map_output
 from ._errors import OcclensError as OcclensError
+from ._gradients import input_x_gradient as input_x_gradient
+from ._gradients import saliency as saliency
 from ._grid import occluder_for_rf as occluder_for_rf
+from ._integrated import integrated_gradients as integrated_gradients
 from ._layers import layer as layer
 from ._layers import layers as layers
 from ._occlusion import occlusion as occlusion
+from ._rewire import deconvnet as deconvnet
+from ._rewire import guided as guided
+from ._smoothgrad import smoothgrad as smoothgrad
 
 __version__ = "0.1.0"
 
 __all__ = [
     "OcclensError",
+    "chain",
+    "deconvnet",
     "fills",
+    "guided",
+    "identity",
+    "input_x_gradient",
+    "integrated_gradients",
     "layer",
     "layers",
+    "map_output",
+    "maps",
     "occluder_for_rf",
     "occlusion",
+    "saliency",
+    "smoothgrad",
     "targets",
 ]
 

@@ -7,7 +7,8 @@ argument and the shapes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -79,7 +80,7 @@ def image_batch(x: object, call: str, argument: str = "x") -> tuple[Tensor, bool
             f"{describe(x)} on the CPU: half-precision kernels there are slow and inexact",
             "use float32 or float64 on the CPU (half precision works on CUDA)",
         )
-    if not bool(torch.isfinite(x).all()):
+    if not _all_finite(x):
         bad = int((~torch.isfinite(x)).sum())
         raise fail(
             call,
@@ -89,6 +90,15 @@ def image_batch(x: object, call: str, argument: str = "x") -> tuple[Tensor, bool
         )
     single = x.ndim == 3
     return (x.unsqueeze(0) if single else x), single
+
+
+def _all_finite(x: Tensor) -> bool:
+    """Whether `x` holds no NaN/Inf. Under ``vmap`` values cannot be read: the check is left to
+    the call outside it."""
+    try:
+        return bool(torch.isfinite(x).all())
+    except RuntimeError:  # a vmapped tensor refuses .item()
+        return True
 
 
 def positive_pair(value: object, call: str, argument: str) -> tuple[int, int]:
@@ -115,6 +125,14 @@ def positive_pair(value: object, call: str, argument: str) -> tuple[int, int]:
             "pass positive sizes",
         )
     return int(pair[0]), int(pair[1])  # type: ignore[call-overload]
+
+
+def optional_positive_int(value: object, call: str, argument: str) -> None:
+    """Accept None or an int >= 1 (chunk sizes, budgets)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise fail(
+            call, argument, f"got {describe(value)}", "pass a positive int, or None for automatic"
+        )
 
 
 def check_model_fn(model_fn: object, call: str) -> None:
@@ -172,6 +190,30 @@ def _check_dtype_device(model_fn: object, x: Tensor, call: str) -> None:
         break
 
 
+def check_model(model_fn: object, batch: Tensor, call: str) -> None:
+    """Everything about the model that can be checked before running it on `batch`."""
+    check_model_fn(model_fn, call)
+    check_eval_policy(model_fn, call)
+    _check_dtype_device(model_fn, batch, call)
+
+
+@contextmanager
+def model_errors(call: str, batch: Tensor) -> Iterator[None]:
+    """Turn an error raised inside the user's model into an `OcclensError` naming the call."""
+    try:
+        yield
+    except OcclensError:
+        raise
+    except (RuntimeError, TypeError, IndexError) as error:
+        raise fail(
+            call,
+            "model_fn",
+            f"the model raised {type(error).__name__} on the input {describe(batch)}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}",
+            "check that the input shape and channels are what the model expects",
+        ) from error
+
+
 def clean_forward(
     model_fn, batch: Tensor, call: str, *, measure: bool = False
 ) -> tuple[Tensor, int]:
@@ -179,11 +221,9 @@ def clean_forward(
 
     Returns the output and, with `measure`, the bytes the forward pass allocated (else 0).
     """
-    check_model_fn(model_fn, call)
-    check_eval_policy(model_fn, call)
-    _check_dtype_device(model_fn, batch, call)
+    check_model(model_fn, batch, call)
     allocated = 0
-    try:
+    with model_errors(call, batch):
         if measure:
             try:
                 output, allocated = measure_forward(model_fn, batch)
@@ -195,16 +235,6 @@ def clean_forward(
         if not measure:
             with torch.no_grad():
                 output = model_fn(batch)
-    except OcclensError:
-        raise
-    except (RuntimeError, TypeError, IndexError) as error:
-        raise fail(
-            call,
-            "model_fn",
-            f"the model raised {type(error).__name__} on the input {describe(batch)}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}",
-            "check that the input shape and channels are what the model expects",
-        ) from error
     return check_output(output, batch, call), allocated
 
 

@@ -90,18 +90,18 @@ class FillPlan:
         return self.noise is not None
 
 
-def plan_fill(fill: object, batch: Tensor, call: str) -> FillPlan:
+def plan_fill(fill: object, batch: Tensor, call: str, argument: str = "fill") -> FillPlan:
     """Resolve and check `fill` for ``batch [B, C, H, W]``."""
     if isinstance(fill, bool):
         raise fail(
             call,
-            "fill",
+            argument,
             f"got the bool {fill}",
             "pass a number, a tensor, 'mean' or a fill from occlens.fills",
         )
     if isinstance(fill, (int, float)):
         if not math.isfinite(fill):
-            raise fail(call, "fill", f"got {fill}", "pass a finite fill value")
+            raise fail(call, argument, f"got {fill}", "pass a finite fill value")
         return FillPlan(
             static=torch.full((1, 1, 1, 1), float(fill), dtype=batch.dtype, device=batch.device)
         )
@@ -109,7 +109,7 @@ def plan_fill(fill: object, batch: Tensor, call: str) -> FillPlan:
         if fill != "mean":
             raise fail(
                 call,
-                "fill",
+                argument,
                 f"unknown fill {fill!r}",
                 "use 'mean', a number, a tensor or a fill from occlens.fills",
             )
@@ -119,18 +119,18 @@ def plan_fill(fill: object, batch: Tensor, call: str) -> FillPlan:
     if isinstance(fill, Blur):
         return FillPlan(static=gaussian_blur(batch, fill.sigma))
     if isinstance(fill, Tensor):
-        return FillPlan(static=_fill_tensor(fill, batch, call))
+        return FillPlan(static=_fill_tensor(fill, batch, call, argument))
     if callable(fill):
         return FillPlan(function=fill)  # type: ignore[arg-type]
     raise fail(
         call,
-        "fill",
+        argument,
         f"cannot use {describe(fill)} as a fill",
         "pass a number, a tensor, 'mean' or a fill from occlens.fills",
     )
 
 
-def _fill_tensor(fill: Tensor, batch: Tensor, call: str) -> Tensor:
+def _fill_tensor(fill: Tensor, batch: Tensor, call: str, argument: str) -> Tensor:
     n, c, h, w = batch.shape
     shape = tuple(fill.shape)
     accepted = {
@@ -143,7 +143,7 @@ def _fill_tensor(fill: Tensor, batch: Tensor, call: str) -> Tensor:
     if shape not in accepted:
         raise fail(
             call,
-            "fill",
+            argument,
             f"a fill tensor of shape {list(shape)} does not fit the input {describe(batch)}",
             f"pass a scalar, [C]=[{c}], [C, 1, 1], [C, H, W]=[{c}, {h}, {w}] or "
             f"[B, C, H, W]=[{n}, {c}, {h}, {w}]",
@@ -153,9 +153,9 @@ def _fill_tensor(fill: Tensor, batch: Tensor, call: str) -> Tensor:
         torch.int64,
         torch.uint8,
     ):
-        raise fail(call, "fill", f"got {describe(fill)}", "pass a floating-point tensor")
+        raise fail(call, argument, f"got {describe(fill)}", "pass a floating-point tensor")
     if not bool(torch.isfinite(fill.double()).all()):
-        raise fail(call, "fill", f"{describe(fill)} holds NaN/Inf", "pass finite fill values")
+        raise fail(call, argument, f"{describe(fill)} holds NaN/Inf", "pass finite fill values")
     value = fill.to(dtype=batch.dtype, device=batch.device)
     if len(shape) == 4:
         return value

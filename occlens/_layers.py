@@ -212,33 +212,89 @@ def layer(model: nn.Module, name: str) -> nn.Module:
     ...
     occlens._errors.OcclensError: layer(name='conv'): ...
     """
-    _check_module(model, "layer")
+    graph, node = _locate(model, name, "layer")
+    if node is None:
+        log.debug("occlens: layer %r uses a scoped forward hook (no fx trace)", name)
+        return HookedLayer(model, name)
+    truncated = fx.GraphModule(model, _truncate(graph, node), class_name="OcclensLayer")
+    _drop_unused(truncated)
+    return truncated
+
+
+def _locate(model: nn.Module, name: object, call: str) -> tuple[fx.Graph, fx.Node | None]:
+    """The traced graph and the node of layer `name`; no node when only a hook can reach it."""
+    _check_module(model, call)
     if not isinstance(name, str):
-        raise fail("layer", "name", f"got {describe(name)}", "pass the layer name as a string")
-    modules = dict(model.named_modules())
-    is_module = bool(name) and name in modules
+        raise fail(call, "name", f"got {describe(name)}", "pass the layer name as a string")
+    is_module = bool(name) and name in dict(model.named_modules())
     graph = _trace(model, name if is_module else None)
     if graph is not None:
         node = _find_node(graph, name)
         if node is not None:
-            truncated = fx.GraphModule(model, _truncate(graph, node), class_name="OcclensLayer")
-            _drop_unused(truncated)
-            return truncated
+            return graph, node
     if is_module:
         if graph is None:
-            log.debug("occlens: layer %r uses a scoped forward hook (no fx trace)", name)
-            return HookedLayer(model, name)
+            return fx.Graph(), None
         raise fail(
-            "layer",
+            call,
             "name",
             f"the submodule {name!r} is not called in the forward pass of {type(model).__name__}",
             "pick a layer the model actually uses (see occlens.layers(model))",
         )
-    options = layers(model)
     raise fail(
-        "layer",
+        call,
         f"name={name!r}",
         f"{type(model).__name__} has no layer {name!r}; close matches: "
-        f"{close_matches(name, options)}",
+        f"{close_matches(name, layers(model))}",
         "use one of the names from occlens.layers(model)",
     )
+
+
+class HookedTail(nn.Module):
+    """Runs `model` with the output of submodule `name` replaced (a hook scoped to the call)."""
+
+    def __init__(self, model: nn.Module, name: str) -> None:
+        super().__init__()
+        self.model = model
+        self.name = name
+
+    def forward(self, x: Tensor, activation: Tensor) -> Tensor:
+        calls = []
+
+        def replace(module: nn.Module, args: object, output: Tensor) -> Tensor:
+            calls.append(1)
+            return activation if len(calls) == 1 else output
+
+        handle = self.model.get_submodule(self.name).register_forward_hook(replace)
+        try:
+            return self.model(x)
+        finally:
+            handle.remove()
+
+
+def split_at(model: nn.Module, name: str, call: str) -> tuple[nn.Module, nn.Module]:
+    """``(head, tail)`` around layer `name`: ``head(x)`` is its activation and ``tail(x, a)`` the
+    model's output with that activation replaced by ``a``.
+
+    The gradient of a score with respect to ``a`` is the gradient with respect to the layer's
+    activation. With ``torch.fx`` the tail skips what only feeds the layer, and ``a`` is cloned
+    first, so in-place ops after the layer cannot write into it.
+    """
+    graph, node = _locate(model, name, call)
+    if node is None:
+        return HookedLayer(model, name), HookedTail(model, name)
+    head = fx.GraphModule(model, _truncate(graph, node), class_name="OcclensLayer")
+    _drop_unused(head)
+    tail_graph = fx.Graph()
+    copies: dict[fx.Node, fx.Node] = {}
+    tail_graph.output(tail_graph.graph_copy(graph, copies))
+    replaced = copies[node]
+    first = next(n for n in tail_graph.nodes if n.op != "placeholder")
+    with tail_graph.inserting_before(first):
+        activation = tail_graph.placeholder("activation")
+        fresh = tail_graph.call_method("clone", (activation,))
+    replaced.replace_all_uses_with(fresh)
+    tail_graph.erase_node(replaced)
+    tail = fx.GraphModule(model, tail_graph, class_name="OcclensTail")
+    _drop_unused(tail)
+    return head, tail

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from ._checks import clean_forward, image_batch, positive_pair
+from ._checks import clean_forward, image_batch, optional_positive_int, positive_pair
 from ._errors import OcclensError, describe, fail
 from ._fills import FillPlan, plan_fill
 from ._grid import AGGREGATES, EDGES, Grid, axis, check_choice
@@ -102,7 +102,8 @@ def occlusion(
         rng_state = rng.get_state()
     else:
         rng_state = None
-    _check_sizes(chunk_size, memory_budget)
+    optional_positive_int(chunk_size, CALL, "chunk_size")
+    optional_positive_int(memory_budget, CALL, "memory_budget")
     _check_flags(absolute, progress)
     clean, allocated = clean_forward(model_fn, batch, CALL, measure=chunk_size is None)
     goal = as_target(target, CALL)
@@ -169,19 +170,6 @@ def _box(box, height: int, width: int) -> tuple[int, int, int, int]:
             f"use 0 <= y0 < y1 <= {height} and 0 <= x0 < x1 <= {width} (clip RF boxes to it)",
         )
     return y0, x0, y1, x1
-
-
-def _check_sizes(chunk_size: object, memory_budget: object) -> None:
-    for name, value in (("chunk_size", chunk_size), ("memory_budget", memory_budget)):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise fail(
-                CALL,
-                name,
-                f"got {describe(value)}",
-                "pass a positive int, or None to choose automatically",
-            )
 
 
 def _check_flags(absolute: object, progress: object) -> None:

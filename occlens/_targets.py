@@ -51,6 +51,15 @@ class TargetBase:
         }
         return replace(self, **changes)  # type: ignore[type-var]
 
+    def tile(self, copies: int) -> TargetBase:
+        """This target for `copies` stacked copies of the batch, ``[copies * B, ...]``."""
+        changes = {
+            f.name: getattr(self, f.name).repeat(copies)
+            for f in fields(self)  # type: ignore[arg-type]
+            if isinstance(getattr(self, f.name), Tensor)
+        }
+        return replace(self, **changes)  # type: ignore[type-var]
+
     def check(self, output: Tensor, call: str) -> None:
         """Raise `OcclensError` unless this target can score `output` (the clean model output)."""
         self._check_indices(output, call)
@@ -204,6 +213,9 @@ class Custom(TargetBase):
         return self.fn(output)
 
     def select(self, row: int) -> TargetBase:
+        return self
+
+    def tile(self, copies: int) -> TargetBase:
         return self
 
     def _check_indices(self, output: Tensor, call: str) -> None:

@@ -1,0 +1,122 @@
+"""SmoothGrad (Smilkov et al. 2017) as a transform of any attribution function.
+
+The wrapped method runs on ``n`` noisy copies of the input, stacked into its batch dimension, and
+the maps are averaged (or their squares, or their variance). The noise is drawn from the call's
+``key`` outside any ``vmap``, one copy of the batch at a time, so the same key gives the same
+numbers for every ``chunk_size``. Its standard deviation is ``sigma * (max - min)`` of each
+input image; the input itself is never modified (DNNBrain's ``backprop_smooth`` adds its noise in
+place and squares its sigma: not here).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+
+import torch
+from torch import Tensor
+
+from ._checks import clean_forward, image_batch, optional_positive_int
+from ._combine import call_method, derive_key
+from ._errors import describe, fail
+from ._keys import generator
+from ._targets import Peak, TargetBase, as_target
+from ._types import AttributionFn, Key, Transform
+
+__all__ = ["smoothgrad"]
+
+CALL = "smoothgrad"
+KINDS = ("mean", "square", "var")
+
+
+def _check(n: object, sigma: object, kind: object, chunk_size: object) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise fail(CALL, "n", f"got {describe(n)}", "pass the number of noisy samples, e.g. 50")
+    if (
+        isinstance(sigma, bool)
+        or not isinstance(sigma, numbers.Real)
+        or not (math.isfinite(sigma) and sigma >= 0)
+    ):
+        raise fail(CALL, "sigma", f"got {describe(sigma)}", "pass a noise level >= 0, e.g. 0.15")
+    if kind not in KINDS:
+        raise fail(CALL, "kind", f"got {kind!r}", f"use one of {', '.join(map(repr, KINDS))}")
+    optional_positive_int(chunk_size, CALL, "chunk_size")
+
+
+def _fixed_target(model_fn, batch: Tensor, target: object) -> TargetBase:
+    """The target resolved on the clean input: a `peak` must not move with the noise."""
+    goal = as_target(target, CALL)
+    if isinstance(goal, Peak):
+        clean, _ = clean_forward(model_fn, batch, CALL)
+        goal.check(clean, CALL)
+        goal = goal.resolve(clean)
+    return goal
+
+
+def smoothgrad(
+    n: int = 50, sigma: float = 0.15, *, kind: str = "mean", chunk_size: int | None = None
+) -> Transform:
+    """A transform that averages a method's maps over `n` noisy copies of the input.
+
+    Noise is Gaussian with standard deviation ``sigma * (max(x) - min(x))`` per image, drawn from
+    the call's ``key`` (an int or a ``torch.Generator``; required unless ``sigma == 0``).
+    `kind` is ``"mean"`` (SmoothGrad), ``"square"`` (the mean of squared maps, Captum's
+    ``smoothgrad_sq``) or ``"var"`` (their variance, VarGrad). `chunk_size` bounds the noisy
+    copies per call of the method (all `n` at once by default). Under ``vmap`` of a whole
+    pipeline, pass ``randomness="same"``: every image then gets the noise it gets alone.
+
+    >>> import torch, occlens as ol
+    >>> smooth = ol.smoothgrad(n=8, sigma=0.1)(ol.saliency)
+    >>> model, x = ol.testing.tiny_cnn(), torch.rand(3, 16, 16)
+    >>> torch.equal(smooth(model, x, 2, key=0), smooth(model, x, 2, key=0))
+    True
+    >>> exact = ol.smoothgrad(n=8, sigma=0.0)(ol.saliency)
+    >>> torch.equal(exact(model, x, 2), ol.saliency(model, x, 2))
+    True
+    """
+    _check(n, sigma, kind, chunk_size)
+
+    def transform(method: AttributionFn) -> AttributionFn:
+        @functools.wraps(method)
+        def smoothed(model_fn, x, target, *, key: Key | None = None, **options) -> Tensor:
+            if sigma == 0:
+                plain = call_method(method, model_fn, x, target, key=key, **options)
+                return {"mean": plain, "square": plain * plain, "var": plain * 0}[kind]
+            batch, single = image_batch(x, CALL)
+            rng = generator(key, CALL, "the noise")
+            inner_key = derive_key(rng)
+            goal = _fixed_target(model_fn, batch, target)
+            scale = sigma * (batch.amax(dim=(1, 2, 3)) - batch.amin(dim=(1, 2, 3)))
+            scale = scale.view(-1, 1, 1, 1)
+            step = chunk_size or n
+            total = squares = None
+            for start in range(0, n, step):
+                copies = min(step, n - start)
+                noise = torch.stack(
+                    [
+                        torch.randn(batch.shape, generator=rng, dtype=torch.float64)
+                        for _ in range(copies)
+                    ]
+                ).to(dtype=batch.dtype, device=batch.device)
+                noisy = (batch + scale * noise).reshape(-1, *batch.shape[1:])
+                maps = call_method(
+                    method, model_fn, noisy, goal.tile(copies), key=inner_key, **options
+                )
+                maps = maps.reshape(copies, batch.shape[0], *maps.shape[1:])
+                total = maps.sum(0) if total is None else total + maps.sum(0)
+                if kind != "mean":
+                    part = (maps * maps).sum(0)
+                    squares = part if squares is None else squares + part
+            mean = total / n
+            if kind == "mean":
+                result = mean
+            elif kind == "square":
+                result = squares / n
+            else:
+                result = squares / n - mean * mean
+            return result[0] if single else result
+
+        return smoothed
+
+    return transform
