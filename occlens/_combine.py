@@ -47,6 +47,16 @@ def _takes_key(method: Callable) -> bool:
         return _takes_key_cached.__wrapped__(method)
 
 
+def _required_positional(fn: Callable) -> int:
+    """How many positional arguments `fn` requires (0 where its signature cannot be read)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 0
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in positional and p.default is inspect.Parameter.empty for p in parameters)
+
+
 def derive_key(generator: torch.Generator) -> int:
     """A fresh seed for the next stage, drawn from this stage's generator."""
     return int(torch.randint(0, 2**62, (1,), generator=generator))
@@ -75,11 +85,11 @@ def chain(*transforms: Transform) -> Transform:
     torch.Size([16, 16])
     """
     for position, transform in enumerate(transforms):
-        if not callable(transform):
+        if not callable(transform) or _required_positional(transform) > 1:
             raise fail(
                 "chain",
                 f"transforms[{position}]",
-                f"got {describe(transform)}, not a transform",
+                f"got {describe(transform)}, not a transform (a function of one method)",
                 "pass transforms such as ol.smoothgrad(...) or ol.map_output(...), not "
                 "attribution functions (chain(...)(ol.saliency) applies them)",
             )

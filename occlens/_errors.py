@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -27,6 +28,8 @@ def describe(value: object) -> str:
         return f"Tensor{list(value.shape)} {str(value.dtype).removeprefix('torch.')}"
     if isinstance(value, (list, tuple)) and len(value) > 8:
         return f"{type(value).__name__} of length {len(value)}"
+    if inspect.isfunction(value) or inspect.isbuiltin(value):
+        return f"the function {value.__qualname__}"
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 

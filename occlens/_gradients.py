@@ -1,8 +1,9 @@
 """Gradients of a target score: `saliency` and `input_x_gradient`, and the core they share.
 
-One forward pass and one backward pass, via ``torch.func.vjp``, recording no graph through the
-parameters: the forward's output is checked
-and the target resolved on it (a `peak` on the clean input) before the backward runs. Gradients
+One forward pass and one backward pass, via ``torch.func.vjp``: the forward's output is checked
+and the target resolved on it (a `peak` on the clean input) before the backward runs. Unless the
+caller differentiates the result (an input that requires grad, or a ``torch.func.grad`` around
+the call), no graph is recorded through the parameters. Gradients
 of a batch come from the summed score, which equals per-sample gradients for a model in eval
 mode. Everything is a ``torch.func`` transform, so these functions compose with ``vmap``.
 """
@@ -46,6 +47,20 @@ def _split(model_fn: ModelFn, at: str, call: str) -> tuple[ModelFn, Callable]:
     return head, rewired_tail
 
 
+def _differentiated(inputs: Tensor) -> bool:
+    """Whether a caller's autograd or ``torch.func.grad`` is tracking `inputs` (under vmap too)."""
+    if not torch.is_grad_enabled():
+        return False
+    functorch = torch._C._functorch
+    tensor = inputs
+    while True:
+        if tensor.requires_grad or functorch.is_gradtrackingtensor(tensor):
+            return True
+        if not functorch.is_batchedtensor(tensor):
+            return False
+        tensor = functorch.get_unwrapped(tensor)
+
+
 def score_gradient(
     model_fn: ModelFn,
     inputs: Tensor,
@@ -60,15 +75,15 @@ def score_gradient(
     target as resolved on this forward pass.
     """
     check_model(model_fn, inputs, call)
-    # torch.func transforms ignore an outer no_grad; it stops plain autograd from recording a
-    # graph through the parameters (and a caller's own torch.func.grad still sees everything).
-    with torch.no_grad(), model_errors(call, inputs):
+    # torch.func.vjp ignores an outer no_grad; it only stops plain autograd from recording a graph
+    # through the parameters, which a caller who differentiates the gradient itself needs.
+    recording = torch.enable_grad if _differentiated(inputs) else torch.no_grad
+    with recording(), model_errors(call, inputs):
         if at is None:
             point, function = inputs, model_fn
         else:
             head, tail = _split(model_fn, at, call)
-            with torch.no_grad():
-                point = head(inputs)
+            point = head(inputs)
 
             def function(activation: Tensor) -> Tensor:
                 return tail(inputs, activation)
@@ -78,7 +93,7 @@ def score_gradient(
     goal = as_target(target, call)
     goal.check(output, call)
     goal = goal.resolve(output)
-    with torch.no_grad(), model_errors(call, inputs):
+    with recording(), model_errors(call, inputs):
         seed = grad(lambda out: goal(out).sum())(output)
         (gradient,) = pullback(seed)
     return gradient, point, goal

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import clean_forward, image_batch
+from ._checks import clean_forward, image_batch, optional_positive_int
 from ._errors import describe, fail
 from ._fills import plan_fill
 from ._gradients import score_gradient
@@ -94,11 +94,8 @@ def integrated_gradients(
             f"a {'random' if plan.noise else 'function'} baseline is no fixed point to start from",
             "pass a number, a tensor, 'mean' or fills.blur(sigma)",
         )
-    for name, value in (("chunk_size", chunk_size), ("memory_budget", memory_budget)):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise fail(CALL, name, f"got {describe(value)}", "pass a positive int, or None")
+    optional_positive_int(chunk_size, CALL, "chunk_size")
+    optional_positive_int(memory_budget, CALL, "memory_budget")
     start = plan.static.expand_as(batch)
     clean, allocated = clean_forward(model_fn, batch, CALL, measure=chunk_size is None)
     goal = as_target(target, CALL)
@@ -116,7 +113,7 @@ def integrated_gradients(
                 model_fn, inputs.reshape(-1, *batch.shape[1:]), goal.tile(count), CALL
             )
             w = weights[first : first + per_call].to(batch.device).view(-1, 1, 1, 1, 1)
-            total += (w * grads.reshape(count, *batch.shape).double()).sum(0)
+            total = total + (w * grads.reshape(count, *batch.shape).double()).sum(0)
             advance(count)
     result = (total * path.double()).to(batch.dtype)
     return result[0] if single else result

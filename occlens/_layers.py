@@ -221,11 +221,13 @@ def layer(model: nn.Module, name: str) -> nn.Module:
     return truncated
 
 
-def _locate(model: nn.Module, name: object, call: str) -> tuple[fx.Graph, fx.Node | None]:
+def _locate(
+    model: nn.Module, name: object, call: str, argument: str = "name"
+) -> tuple[fx.Graph, fx.Node | None]:
     """The traced graph and the node of layer `name`; no node when only a hook can reach it."""
     _check_module(model, call)
     if not isinstance(name, str):
-        raise fail(call, "name", f"got {describe(name)}", "pass the layer name as a string")
+        raise fail(call, argument, f"got {describe(name)}", "pass the layer name as a string")
     is_module = bool(name) and name in dict(model.named_modules())
     graph = _trace(model, name if is_module else None)
     if graph is not None:
@@ -237,13 +239,13 @@ def _locate(model: nn.Module, name: object, call: str) -> tuple[fx.Graph, fx.Nod
             return fx.Graph(), None
         raise fail(
             call,
-            "name",
+            argument,
             f"the submodule {name!r} is not called in the forward pass of {type(model).__name__}",
             "pick a layer the model actually uses (see occlens.layers(model))",
         )
     raise fail(
         call,
-        f"name={name!r}",
+        f"{argument}={name!r}",
         f"{type(model).__name__} has no layer {name!r}; close matches: "
         f"{close_matches(name, layers(model))}",
         "use one of the names from occlens.layers(model)",
@@ -272,7 +274,9 @@ class HookedTail(nn.Module):
             handle.remove()
 
 
-def split_at(model: nn.Module, name: str, call: str) -> tuple[nn.Module, nn.Module]:
+def split_at(
+    model: nn.Module, name: str, call: str, argument: str = "at"
+) -> tuple[nn.Module, nn.Module]:
     """``(head, tail)`` around layer `name`: ``head(x)`` is its activation and ``tail(x, a)`` the
     model's output with that activation replaced by ``a``.
 
@@ -280,7 +284,7 @@ def split_at(model: nn.Module, name: str, call: str) -> tuple[nn.Module, nn.Modu
     activation. With ``torch.fx`` the tail skips what only feeds the layer, and ``a`` is cloned
     first, so in-place ops after the layer cannot write into it.
     """
-    graph, node = _locate(model, name, call)
+    graph, node = _locate(model, name, call, argument)
     if node is None:
         return HookedLayer(model, name), HookedTail(model, name)
     head = fx.GraphModule(model, _truncate(graph, node), class_name="OcclensLayer")

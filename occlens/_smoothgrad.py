@@ -54,6 +54,30 @@ def _fixed_target(model_fn, batch: Tensor, target: object) -> TargetBase:
     return goal
 
 
+def _accumulate(
+    state: tuple[int, Tensor, Tensor] | None, value: Tensor, kind: str
+) -> tuple[int, Tensor, Tensor]:
+    """One step of ``(count, mean, spread)`` in float64, one noisy copy at a time.
+
+    The spread is the sum of squares (``"square"``) or, for ``"var"``, Welford's running sum of
+    squared deviations, which does not cancel the way ``E[m^2] - E[m]^2`` does. Copies enter in
+    the order they were drawn, so the result does not depend on how they were chunked.
+    """
+    value = value.double()
+    if state is None:
+        zero = torch.zeros_like(value)
+        state = (0, zero, zero)
+    count, mean, spread = state
+    count += 1
+    delta = value - mean
+    mean = mean + delta / count
+    if kind == "square":
+        spread = spread + value * value
+    elif kind == "var":
+        spread = spread + delta * (value - mean)
+    return count, mean, spread
+
+
 def smoothgrad(
     n: int = 50, sigma: float = 0.15, *, kind: str = "mean", chunk_size: int | None = None
 ) -> Transform:
@@ -90,7 +114,7 @@ def smoothgrad(
             scale = sigma * (batch.amax(dim=(1, 2, 3)) - batch.amin(dim=(1, 2, 3)))
             scale = scale.view(-1, 1, 1, 1)
             step = chunk_size or n
-            total = squares = None
+            state = None
             for start in range(0, n, step):
                 copies = min(step, n - start)
                 noise = torch.stack(
@@ -104,17 +128,10 @@ def smoothgrad(
                     method, model_fn, noisy, goal.tile(copies), key=inner_key, **options
                 )
                 maps = maps.reshape(copies, batch.shape[0], *maps.shape[1:])
-                total = maps.sum(0) if total is None else total + maps.sum(0)
-                if kind != "mean":
-                    part = (maps * maps).sum(0)
-                    squares = part if squares is None else squares + part
-            mean = total / n
-            if kind == "mean":
-                result = mean
-            elif kind == "square":
-                result = squares / n
-            else:
-                result = squares / n - mean * mean
+                for copy in maps:
+                    state = _accumulate(state, copy, kind)
+            count, mean, spread = state
+            result = (mean if kind == "mean" else spread / count).to(maps.dtype)
             return result[0] if single else result
 
         return smoothed
