@@ -13,6 +13,7 @@ torch.Size([16, 16])
 from . import fills as fills
 from . import maps as maps
 from . import targets as targets
+from ._activation_maps import upsample_activation as upsample_activation
 from ._combine import chain as chain
 from ._combine import identity as identity
 from ._combine import map_output as map_output
@@ -27,11 +28,14 @@ from ._occlusion import occlusion as occlusion
 from ._rewire import deconvnet as deconvnet
 from ._rewire import guided as guided
 from ._smoothgrad import smoothgrad as smoothgrad
+from ._topk import TopK as TopK
+from ._topk import top_k as top_k
 
 __version__ = "0.1.0"
 
 __all__ = [
     "OcclensError",
+    "TopK",
     "chain",
     "deconvnet",
     "fills",
@@ -48,6 +52,8 @@ __all__ = [
     "saliency",
     "smoothgrad",
     "targets",
+    "top_k",
+    "upsample_activation",
 ]
 
 
