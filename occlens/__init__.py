@@ -17,6 +17,8 @@ from ._activation_maps import upsample_activation as upsample_activation
 from ._combine import chain as chain
 from ._combine import identity as identity
 from ._combine import map_output as map_output
+from ._empirical_rf import EmpiricalRF as EmpiricalRF
+from ._empirical_rf import empirical_rf as empirical_rf
 from ._errors import OcclensError as OcclensError
 from ._gradients import input_x_gradient as input_x_gradient
 from ._gradients import saliency as saliency
@@ -25,6 +27,8 @@ from ._integrated import integrated_gradients as integrated_gradients
 from ._layers import layer as layer
 from ._layers import layers as layers
 from ._occlusion import occlusion as occlusion
+from ._receptive import RF as RF
+from ._receptive import receptive_field as receptive_field
 from ._rewire import deconvnet as deconvnet
 from ._rewire import guided as guided
 from ._smoothgrad import smoothgrad as smoothgrad
@@ -34,10 +38,13 @@ from ._topk import top_k as top_k
 __version__ = "0.1.0"
 
 __all__ = [
+    "RF",
+    "EmpiricalRF",
     "OcclensError",
     "TopK",
     "chain",
     "deconvnet",
+    "empirical_rf",
     "fills",
     "guided",
     "identity",
@@ -49,6 +56,7 @@ __all__ = [
     "maps",
     "occluder_for_rf",
     "occlusion",
+    "receptive_field",
     "saliency",
     "smoothgrad",
     "targets",

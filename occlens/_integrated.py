@@ -7,8 +7,6 @@ Completeness: ``IG(x).sum()`` approaches ``f(x) - f(x0)`` as `steps` grows.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -17,7 +15,7 @@ from ._checks import clean_forward, image_batch, optional_positive_int
 from ._errors import describe, fail
 from ._fills import plan_fill
 from ._gradients import score_gradient
-from ._memory import auto_chunk, default_budget
+from ._memory import backward_copies
 from ._progress import progress as progress_bar
 from ._targets import as_target
 from ._types import Key, ModelFn, TargetLike
@@ -101,7 +99,7 @@ def integrated_gradients(
     goal = as_target(target, CALL)
     goal.check(clean, CALL)
     goal = goal.resolve(clean)
-    per_call = chunk_size or _auto_points(allocated, batch, memory_budget)
+    per_call = chunk_size or backward_copies(allocated, batch, memory_budget)
     path = batch - start
     total = torch.zeros_like(batch, dtype=torch.float64)
     with progress_bar(steps, CALL, progress) as advance:
@@ -117,13 +115,3 @@ def integrated_gradients(
             advance(count)
     result = (total * path.double()).to(batch.dtype)
     return result[0] if single else result
-
-
-def _auto_points(activations: int, batch: Tensor, budget: int | None) -> int:
-    """Integration points per pass: a backward pass keeps about twice the forward's tensors."""
-    image_bytes = batch[0].nbytes
-    per_image = 3 * (activations // batch.shape[0] or 64 * image_bytes) + 4 * image_bytes
-    images = auto_chunk(
-        per_image, per_image, budget or default_budget(batch.device), batch.device, 10**9
-    )
-    return max(1, math.floor(images / batch.shape[0]))

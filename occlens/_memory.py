@@ -76,3 +76,23 @@ def auto_chunk(
         cap = min(_CPU_MAX_CHUNK, _CPU_ACTIVATION_BYTES // max(activation_bytes, 1))
     fit = budget // max(row_bytes, 1)
     return int(max(1, min(fit, cap, rows)))
+
+
+def backward_copies(activations: int, batch: Tensor, budget: int | None) -> int:
+    """Copies of `batch` per forward and backward pass (integration points, noisy samples).
+
+    `activations` is what one forward pass of the whole batch allocates. The throughput cap
+    counts one forward's activations per image, as occlusion does; the memory budget counts
+    three (a backward pass keeps about twice the forward's tensors) plus the inputs.
+    """
+    images = batch.shape[0]
+    image_bytes = batch[0].nbytes
+    forward = activations // images or 64 * image_bytes
+    per_image = auto_chunk(
+        forward,
+        3 * forward + 4 * image_bytes,
+        budget or default_budget(batch.device),
+        batch.device,
+        10**9,
+    )
+    return max(1, per_image // images)

@@ -21,6 +21,7 @@ from ._checks import clean_forward, image_batch, optional_positive_int
 from ._combine import call_method, derive_key
 from ._errors import describe, fail
 from ._keys import generator
+from ._memory import backward_copies
 from ._targets import Peak, TargetBase, as_target
 from ._types import AttributionFn, Key, Transform
 
@@ -44,14 +45,20 @@ def _check(n: object, sigma: object, kind: object, chunk_size: object) -> None:
     optional_positive_int(chunk_size, CALL, "chunk_size")
 
 
-def _fixed_target(model_fn, batch: Tensor, target: object) -> TargetBase:
-    """The target resolved on the clean input: a `peak` must not move with the noise."""
+def _plan(
+    model_fn, batch: Tensor, target: object, chunk_size: int | None, n: int
+) -> tuple[TargetBase, int]:
+    """The target resolved on the clean input (a `peak` must not move with the noise) and the
+    noisy copies per call: `chunk_size`, or from the memory budget as for a forward and backward
+    pass per copy, measured on one clean forward pass."""
     goal = as_target(target, CALL)
+    if chunk_size is not None and not isinstance(goal, Peak):
+        return goal, chunk_size
+    clean, allocated = clean_forward(model_fn, batch, CALL, measure=chunk_size is None)
     if isinstance(goal, Peak):
-        clean, _ = clean_forward(model_fn, batch, CALL)
         goal.check(clean, CALL)
         goal = goal.resolve(clean)
-    return goal
+    return goal, chunk_size or min(n, backward_copies(allocated, batch, None))
 
 
 def _accumulate(
@@ -87,8 +94,9 @@ def smoothgrad(
     the call's ``key`` (an int or a ``torch.Generator``; required unless ``sigma == 0``).
     `kind` is ``"mean"`` (SmoothGrad), ``"square"`` (the mean of squared maps, Captum's
     ``smoothgrad_sq``) or ``"var"`` (their variance, VarGrad). `chunk_size` bounds the noisy
-    copies per call of the method (all `n` at once by default). Under ``vmap`` of a whole
-    pipeline, pass ``randomness="same"``: every image then gets the noise it gets alone.
+    copies per call of the method (by default from the memory budget, as if each copy cost one
+    forward and backward pass; the same key gives the same noise either way). Under ``vmap`` of
+    a whole pipeline, pass ``randomness="same"``: every image then gets the noise it gets alone.
 
     >>> import torch, occlens as ol
     >>> smooth = ol.smoothgrad(n=8, sigma=0.1)(ol.saliency)
@@ -110,10 +118,9 @@ def smoothgrad(
             batch, single = image_batch(x, CALL)
             rng = generator(key, CALL, "the noise")
             inner_key = derive_key(rng)
-            goal = _fixed_target(model_fn, batch, target)
+            goal, step = _plan(model_fn, batch, target, chunk_size, n)
             scale = sigma * (batch.amax(dim=(1, 2, 3)) - batch.amin(dim=(1, 2, 3)))
             scale = scale.view(-1, 1, 1, 1)
-            step = chunk_size or n
             state = None
             for start in range(0, n, step):
                 copies = min(step, n - start)
