@@ -68,7 +68,9 @@ class _Rectified(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor):
         (saved,) = ctx.saved_tensors
         positive = grad.clamp(min=0)
-        if ctx.guided:
+        if ctx.guided and ctx.gate is _relu_gate:  # one fused pass for the common case
+            positive = torch.ops.aten.threshold_backward(positive, saved, 0)
+        elif ctx.guided:
             positive = ctx.gate(saved).to(positive.dtype) * positive
         return positive, None, None, None, None
 
@@ -118,11 +120,15 @@ def _in_place(x: Tensor, out: Tensor) -> Tensor:
     return x
 
 
+def _relu_gate(y: Tensor) -> Tensor:
+    return y > 0
+
+
 # Rectifiers: func -> (x, fn, gate, in_place, from_input) from the call's arguments.
 def _relu(in_place_default: bool):
     def parse(args, kwargs):
         in_place = _arg(args, kwargs, 1, "inplace", in_place_default) or in_place_default
-        return args[0], F.relu, lambda y: y > 0, in_place, False
+        return args[0], F.relu, _relu_gate, in_place, False
 
     return parse
 

@@ -3,7 +3,8 @@
 The wrapped method runs on ``n`` noisy copies of the input, stacked into its batch dimension, and
 the maps are averaged (or their squares, or their variance). The noise is drawn from the call's
 ``key`` outside any ``vmap``, one copy of the batch at a time, so the same key gives the same
-numbers for every ``chunk_size``. Its standard deviation is ``sigma * (max - min)`` of each
+numbers for every ``chunk_size``. It is drawn in float32 and cast, so a float64 input gets the
+same noise as its float32 copy. Its standard deviation is ``sigma * (max - min)`` of each
 input image; the input itself is never modified (DNNBrain's ``backprop_smooth`` adds its noise in
 place and squares its sigma: not here).
 """
@@ -126,7 +127,7 @@ def smoothgrad(
                 copies = min(step, n - start)
                 noise = torch.stack(
                     [
-                        torch.randn(batch.shape, generator=rng, dtype=torch.float64)
+                        torch.randn(batch.shape, generator=rng, dtype=torch.float32)
                         for _ in range(copies)
                     ]
                 ).to(dtype=batch.dtype, device=batch.device)

@@ -124,9 +124,7 @@ def test_smoothgrad_equals_a_loop_over_the_same_noise(kind):
     scale = sigma * (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3))).view(-1, 1, 1, 1)
     maps = torch.stack(
         [
-            ol.saliency(
-                model, x + scale * torch.randn(x.shape, generator=rng, dtype=torch.float64), 1
-            )
+            ol.saliency(model, x + scale * torch.randn(x.shape, generator=rng).double(), 1)
             for _ in range(n)
         ]
     )
