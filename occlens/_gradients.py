@@ -24,7 +24,7 @@ from ._rewire import Rewired
 from ._targets import TargetBase, as_target
 from ._types import Key, ModelFn, TargetLike
 
-__all__ = ["input_x_gradient", "saliency", "score_gradient"]
+__all__ = ["input_x_gradient", "saliency", "score_gradient", "transformed"]
 
 
 def _split(model_fn: ModelFn, at: str, call: str) -> tuple[ModelFn, Callable]:
@@ -62,7 +62,7 @@ def _differentiated(inputs: Tensor) -> bool:
         tensor = functorch.get_unwrapped(tensor)
 
 
-def _transformed() -> bool:
+def transformed() -> bool:
     """Whether a ``torch.func`` transform (vmap, grad, ...) is running around this call."""
     return torch._C._functorch.maybe_current_level() is not None
 
@@ -95,7 +95,7 @@ def score_gradient(
         def function(activation: Tensor) -> Tensor:
             return tail(inputs, activation)
 
-    if not _transformed() and not _differentiated(inputs):
+    if not transformed() and not _differentiated(inputs):
         return _eager_gradient(function, point, inputs, target, call)
     return _functional_gradient(function, point, inputs, target, call)
 

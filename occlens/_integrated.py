@@ -110,8 +110,10 @@ def integrated_gradients(
             grads, _, _ = score_gradient(
                 model_fn, inputs.reshape(-1, *batch.shape[1:]), goal.tile(count), CALL
             )
-            w = weights[first : first + per_call].to(batch.device).view(-1, 1, 1, 1, 1)
-            total = total + (w * grads.reshape(count, *batch.shape).double()).sum(0)
+            # The weighted sum over this chunk's points is one matrix-vector product; the chunks
+            # are summed in float64.
+            w = weights[first : first + per_call].to(grads.dtype).to(batch.device)
+            total += (w @ grads.reshape(count, -1)).view(batch.shape)
             advance(count)
     result = (total * path.double()).to(batch.dtype)
     return result[0] if single else result

@@ -21,6 +21,7 @@ from torch import Tensor
 from ._checks import clean_forward, image_batch, optional_positive_int
 from ._combine import call_method, derive_key
 from ._errors import describe, fail
+from ._gradients import transformed
 from ._keys import generator
 from ._memory import backward_copies
 from ._targets import Peak, TargetBase, as_target
@@ -65,25 +66,35 @@ def _plan(
 def _accumulate(
     state: tuple[int, Tensor, Tensor] | None, value: Tensor, kind: str
 ) -> tuple[int, Tensor, Tensor]:
-    """One step of ``(count, mean, spread)`` in float64, one noisy copy at a time.
+    """One step of ``(count, total, spread)`` in float64, one noisy copy at a time, in place.
 
-    The spread is the sum of squares (``"square"``) or, for ``"var"``, Welford's running sum of
-    squared deviations, which does not cancel the way ``E[m^2] - E[m]^2`` does. Copies enter in
-    the order they were drawn, so the result does not depend on how they were chunked.
+    `total` is the running sum (``"mean"``, ``"square"``) or Welford's running mean (``"var"``);
+    the spread is the sum of squares (``"square"``) or Welford's running sum of squared
+    deviations (``"var"``), which does not cancel the way ``E[m^2] - E[m]^2`` does. Copies enter
+    in the order they were drawn, so the result does not depend on how they were chunked.
     """
-    value = value.double()
     if state is None:
-        zero = torch.zeros_like(value)
-        state = (0, zero, zero)
-    count, mean, spread = state
+        state = (0, torch.zeros_like(value, dtype=torch.float64), None)
+        if kind != "mean":
+            state = (0, state[1], torch.zeros_like(state[1]))
+    count, total, spread = state
     count += 1
-    delta = value - mean
-    mean = mean + delta / count
-    if kind == "square":
-        spread = spread + value * value
-    elif kind == "var":
-        spread = spread + delta * (value - mean)
-    return count, mean, spread
+    if kind == "mean":
+        total.add_(value)
+    elif kind == "square":
+        value = value.double()
+        total.add_(value)
+        spread.addcmul_(value, value)
+    else:
+        delta = value.double() - total
+        total.add_(delta, alpha=1.0 / count)
+        spread.add_(delta * (value - total))
+    return count, total, spread
+
+
+def _result(state: tuple[int, Tensor, Tensor], kind: str) -> Tensor:
+    count, total, spread = state
+    return total / count if kind == "mean" else spread / count
 
 
 def smoothgrad(
@@ -125,21 +136,20 @@ def smoothgrad(
             state = None
             for start in range(0, n, step):
                 copies = min(step, n - start)
-                noise = torch.stack(
-                    [
-                        torch.randn(batch.shape, generator=rng, dtype=torch.float32)
-                        for _ in range(copies)
-                    ]
-                ).to(dtype=batch.dtype, device=batch.device)
-                noisy = (batch + scale * noise).reshape(-1, *batch.shape[1:])
+                noise = torch.empty((copies, *batch.shape), dtype=torch.float32)
+                for draw in noise:
+                    draw.normal_(generator=rng)
+                noise = noise.to(dtype=batch.dtype, device=batch.device)
+                # In place, except under vmap, where the scale is batched and the noise is not.
+                noisy = batch + scale * noise if transformed() else noise.mul_(scale).add_(batch)
+                noisy = noisy.reshape(-1, *batch.shape[1:])
                 maps = call_method(
                     method, model_fn, noisy, goal.tile(copies), key=inner_key, **options
                 )
                 maps = maps.reshape(copies, batch.shape[0], *maps.shape[1:])
                 for copy in maps:
                     state = _accumulate(state, copy, kind)
-            count, mean, spread = state
-            result = (mean if kind == "mean" else spread / count).to(maps.dtype)
+            result = _result(state, kind).to(maps.dtype)
             return result[0] if single else result
 
         return smoothed
