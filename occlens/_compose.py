@@ -85,6 +85,8 @@ def overlay(
         signed = lo < 0 < hi
         share = values.abs() / max(-lo, hi) if signed else (values - lo) / (hi - lo)
         strength = strength * share.clamp(0, 1)
+    elif weight == "magnitude":  # a flat range: only the values above it are coloured
+        strength = strength * (values > hi)
     strength = strength.to(device=x.device, dtype=x.dtype)
     return x * (1 - strength) + colour * strength
 

@@ -263,6 +263,48 @@ SMOOTH: dict[Callable, str] = {
 }
 
 
+def _aten_ops(names: dict[str, object]) -> dict[Callable, object]:
+    """The same rules for the ATen operators that exported and traced graphs call directly."""
+    table: dict[Callable, object] = {}
+    for name, rule in names.items():
+        packet = getattr(torch.ops.aten, name, None)
+        if packet is not None:
+            table[packet] = rule
+            table[packet.default] = rule
+    return table
+
+
+# torch.export and make_fx graphs call ATen operators (``aten.relu_.default``), not functions.
+RECTIFIERS.update(
+    _aten_ops(
+        {
+            "relu": _relu(False),
+            "relu_": _relu(True),
+            "relu6": _relu6,
+            "hardtanh": _hardtanh(-1.0, 1.0),
+            "hardtanh_": _hardtanh(-1.0, 1.0, True),
+            "leaky_relu": _leaky(False),
+            "leaky_relu_": _leaky(True),
+            "prelu": _prelu,
+            "rrelu": _rrelu(False),
+            "rrelu_": _rrelu(True),
+            "threshold": _threshold(False),
+            "threshold_": _threshold(True),
+        }
+    )
+)
+SMOOTH.update(
+    _aten_ops(
+        {
+            **dict.fromkeys(["silu", "gelu", "elu", "selu", "celu", "softplus", "mish"], "never"),
+            **dict.fromkeys(["hardswish"], "never"),
+            **dict.fromkeys(["silu_", "gelu_", "elu_", "selu_", "celu_", "mish_"], "always"),
+            **dict.fromkeys(["hardswish_"], "always"),
+        }
+    )
+)
+
+
 def writes_in_place(func: Callable, args: tuple, kwargs: dict) -> bool:
     kind = SMOOTH[func]
     if kind != "flag":

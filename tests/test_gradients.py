@@ -133,6 +133,34 @@ def test_rewired_relus_equal_the_reference_for_every_spelling(spelling, rule):
 
 
 @pytest.mark.parametrize("rule", ["guided", "deconvnet"])
+def test_exported_programs_are_rewired_through_their_aten_operators(rule):
+    """torch.export graphs call aten.relu / aten.relu_ directly; they get the same rules."""
+    model = Spelled("nn.ReLU(inplace)").eval()
+    x = torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exported = torch.export.export(model, (x,)).module()
+    calls = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert calls & {"aten.relu.default", "aten.relu_.default"}, calls
+    rewire = getattr(ol, rule)
+    expected = ol.saliency(rewire(model), x, 1)
+    assert not torch.allclose(expected, ol.saliency(model, x, 1))  # the rule matters here
+    torch.testing.assert_close(ol.saliency(rewire(exported), x, 1), expected)
+
+
+@pytest.mark.parametrize("rule", ["guided", "deconvnet"])
+def test_exported_smooth_activation_is_refused(rule):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(), nn.Flatten(), nn.LazyLinear(3)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exported = torch.export.export(model, (x,)).module()
+    with pytest.raises(ol.OcclensError, match=r"silu.*smooth activation"):
+        ol.saliency(getattr(ol, rule)(exported), x, 1)
+
+
+@pytest.mark.parametrize("rule", ["guided", "deconvnet"])
 def test_densenet_style_functional_inplace_relu_is_caught(rule):
     model, reference = DenseNetTail().eval(), DenseNetTail(rule=rule).eval()
     x, t = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(5)), torch.tensor([1, 3])

@@ -409,3 +409,220 @@ def test_overlay_magnitude_weight_shows_the_image_where_the_map_is_zero():
     torch.testing.assert_close(out[:, 3, 3], halfway)
     with pytest.raises(ol.OcclensError, match=r"overlay\(weight\): got 'loud'"):
         oi.overlay(image, signed, weight="loud")
+
+
+# --- limits / colorbar -------------------------------------------------------------------------
+
+
+def test_limits_shared_over_maps_of_any_size():
+    a, b = torch.tensor([[0.0, 1.0]]), torch.full((3, 3), 4.0)
+    check = unchanged(a, b)
+    assert oi.limits([a, b]) == (0.0, 4.0)
+    assert oi.limits(torch.stack([a[0], -3 * a[0]])) == (-3.0, 3.0)  # a batch; signed: symmetric
+    assert oi.limits(torch.zeros(2, 2)) == (0.0, 0.0)
+    values = torch.arange(1.0, 102.0).reshape(1, -1)
+    assert oi.limits(values, percentile=90) == pytest.approx((0.0, 91.0))
+    sparse = torch.zeros(50, 50)  # zero outside a small field: zeros do not count
+    sparse[0, :3] = torch.tensor([1.0, -2.0, 3.0])
+    assert oi.limits(sparse, percentile=50) == pytest.approx((-2.0, 2.0))
+    check()
+    with pytest.raises(ol.OcclensError, match=r"limits\(percentile\)"):
+        oi.limits(a, percentile=0)
+    with pytest.raises(ol.OcclensError, match=r"limits\(maps\[0\]\)"):
+        oi.limits([torch.rand(3, 4, 4, 4)])
+
+
+def test_colorbar_colours_follow_colorize():
+    bar = oi.colorbar(0.0, 2.0, "viridis", length=101, thickness=6)
+    assert bar.width == 101 and bar.height > 6
+    pixels = np.asarray(bar)
+    lut = oi.colorize(torch.linspace(0, 2, 101)[None], "viridis", vmin=0, vmax=2)
+    expected = (lut[:, 0].T * 255).round().numpy()
+    assert np.abs(pixels[0].astype(float) - expected).max() <= 1
+    # Default: sequential for a non-negative range, diverging (centre colour at 0) when signed.
+    assert np.array_equal(np.asarray(oi.colorbar(0.0, 1.0))[0, 0], [0, 0, 4])  # inferno's first
+    signed = np.asarray(oi.colorbar(-1.0, 1.0, length=101))
+    assert signed[0, 50].tolist() == [247, 247, 247]
+    assert (signed[8:] < 128).any()  # tick labels in black
+    assert oi.colorbar(1.0, 1.0).width == 160  # a flat range is fine
+    with pytest.raises(ol.OcclensError, match=r"colorbar\(vmin\): vmin=2.0 is above vmax=1.0"):
+        oi.colorbar(2.0, 1.0)
+    with pytest.raises(ol.OcclensError, match=r"colorbar\(vmax\)"):
+        oi.colorbar(0.0, float("nan"))
+
+
+# --- occluder grid / RF box --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("window", "stride", "edge"), [(4, 3, "fit"), (5, 3, "cover"), (3, 4, "fit")]
+)
+def test_draw_grid_marks_exactly_the_windows_occlusion_uses(window, stride, edge):
+    image = torch.zeros(3, 14, 17)
+    check = unchanged(image)
+    marked = oi.draw_grid(image, window, stride, edge=edge, color=(0.0, 1.0, 0.0))
+    check()
+    # Occlusion with aggregate="center" writes each window's delta at its centre pixel.
+    model = lambda x: x.sum(dim=(1, 2, 3))[:, None]  # noqa: E731
+    centres = ol.occlusion(
+        model, torch.ones(3, 14, 17), 0, window=window, stride=stride, edge=edge, aggregate="center"
+    )
+    dots = marked[1] > 0
+    assert dots[centres > 0].all()
+    outline = oi.draw_box(torch.zeros(3, 14, 17), (0, 0, window, window))[0] > 0
+    assert torch.equal(dots, (centres > 0) | outline)
+    assert torch.equal(marked[0], torch.zeros(14, 17))
+
+
+def test_draw_grid_box_width_and_errors():
+    image = torch.zeros(1, 20, 20)
+    boxed = oi.draw_grid(image, 4, 2, box=(4, 4, 12, 12))
+    assert boxed[0, :4].sum() == 0 and boxed[0, 12:].sum() == 0  # nothing outside the box
+    assert boxed[0, 4, 4:12].tolist() == [1.0] * 8  # the box's outline
+    thick = oi.draw_grid(torch.zeros(1, 12, 12), 6, 6, width=3)
+    assert thick[0, 1:4, 1:4].sum() == 9 - 0  # a 3x3 dot around the centre (2, 2)
+    with pytest.raises(ol.OcclensError, match=r"draw_grid\(window\)"):
+        oi.draw_grid(image, 0)
+    with pytest.raises(ol.OcclensError, match=r"draw_grid\(edge\)"):
+        oi.draw_grid(image, 4, edge="wrap")
+    with pytest.raises(ol.OcclensError, match=r"draw_grid\(box\)"):
+        oi.draw_grid(image, 4, box=(0, 0, 30, 30))
+    with pytest.raises(ol.OcclensError, match=r"draw_grid\(window\): no window"):
+        oi.draw_grid(image, 30)
+    with pytest.raises(ol.OcclensError, match=r"draw_grid\(color\)"):
+        oi.draw_grid(torch.zeros(3, 8, 8), 4, color=(1.0, 0.0))
+
+
+def test_draw_rf_draws_the_unclipped_region():
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 1, 5, padding=2), torch.nn.Conv2d(1, 1, 3, padding=1)
+    )
+    rf = ol.receptive_field(net, "1", 10)
+    assert rf.region(0, 0, clip=False) == (-3, -3, 4, 4)
+    drawn = oi.draw_rf(torch.zeros(3, 10, 10), rf, 0, 0, color=(1.0, 1.0, 1.0))
+    assert torch.equal(drawn, oi.draw_box(torch.zeros(3, 10, 10), (-3, -3, 4, 4), (1.0, 1.0, 1.0)))
+    assert drawn[0, 3, :4].tolist() == [1.0] * 4 and drawn[0, :3, :3].sum() == 0
+    with pytest.raises(ol.OcclensError, match=r"draw_rf\(rf\)"):
+        oi.draw_rf(torch.zeros(3, 4, 4), (0, 0, 2, 2), 0, 0)
+
+
+# --- compare -----------------------------------------------------------------------------------
+
+
+def _cell_pixels(figure, row: int, col: int, cell: int, pad: int, title_h: int, bar_h: int):
+    left = pad + col * (cell + pad)
+    top = pad + row * (title_h + cell + bar_h + pad) + title_h
+    return np.asarray(figure)[top : top + cell, left : left + cell]
+
+
+def _compare_layout(cell=16, pad=2, colorbars=True):
+    """Title and colorbar heights, measured on a one-cell figure."""
+    plain = oi.compare(
+        torch.ones(3, 4, 4),
+        {"m": torch.ones(4, 4)},
+        cell=cell,
+        pad=pad,
+        show_image=False,
+        colorbars=False,
+    )
+    title_h = plain.height - cell - 2 * pad
+    bar_h = 0
+    if colorbars:
+        barred = oi.compare(
+            torch.ones(3, 4, 4), {"m": torch.ones(4, 4)}, cell=cell, pad=pad, show_image=False
+        )
+        bar_h = barred.height - plain.height
+    return title_h, bar_h
+
+
+def test_compare_layout_and_purity():
+    images, heat = torch.rand(2, 3, 8, 8), torch.rand(2, 8, 8)
+    check = unchanged(images, heat)
+    figure = oi.compare(images, {"a": heat, "b": -heat}, cell=16, pad=2)
+    title_h, bar_h = _compare_layout()
+    assert figure.size == (3 * 16 + 4 * 2, 2 * (title_h + 16 + bar_h) + 3 * 2)
+    bare = oi.compare(images, {"a": heat}, cell=16, pad=2, colorbars=False, show_image=False)
+    assert bare.size == (16 + 2 * 2, 2 * (title_h + 16) + 3 * 2)
+    check()
+    one = oi.compare(images[0], {"a": heat[0]}, cell=(16, 24), pad=0)  # one image, [h, w] map
+    assert one.width == 2 * 24
+
+
+def test_compare_scales():
+    image = torch.full((3, 8, 8), 0.5)
+    weak, strong = torch.full((8, 8), 1.0), torch.full((8, 8), 4.0)
+    weak[0, 0] = strong[0, 0] = 0.0
+    maps = {"m": [weak, strong]}
+    kwargs = dict(cell=8, pad=0, colorbars=False, show_image=False, alpha=1.0, weight="uniform")
+    title_h, _ = _compare_layout(cell=8, pad=0, colorbars=False)
+
+    def cells(figure):
+        return [_cell_pixels(figure, r, 0, 8, 0, title_h, 0)[4, 4] for r in (0, 1)]
+
+    per_map = cells(oi.compare([image, image], maps, **kwargs))
+    assert np.array_equal(per_map[0], per_map[1])  # each map spans its own range
+    shared = cells(oi.compare([image, image], maps, scale="shared", **kwargs))
+    assert not np.array_equal(shared[0], shared[1])  # one range: the weak map is darker
+    lut = (oi.colormap("inferno") * 255).round()
+    assert np.abs(shared[1] - lut[-1].numpy()).max() <= 1
+    assert (
+        np.abs(
+            shared[0] - (oi.colorize(torch.tensor([[0.25]]), vmin=0, vmax=1)[:, 0, 0] * 255).numpy()
+        ).max()
+        <= 1
+    )
+    fixed = cells(oi.compare([image, image], maps, scale=8.0, **kwargs))
+    assert (
+        np.abs(
+            fixed[1] - (oi.colorize(torch.tensor([[0.5]]), vmin=0, vmax=1)[:, 0, 0] * 255).numpy()
+        ).max()
+        <= 1
+    )
+    per_column = cells(oi.compare([image, image], maps, scale={"m": 4.0}, **kwargs))
+    assert np.array_equal(per_column, shared)
+
+
+def test_compare_signed_columns_are_diverging_and_centred():
+    image = torch.full((3, 4, 4), 0.5)
+    signed = torch.zeros(4, 4)
+    signed[0, 0], signed[3, 3] = -1.0, 3.0
+    kwargs = dict(cell=4, pad=0, colorbars=False, show_image=False, alpha=1.0, weight="uniform")
+    figure = oi.compare(image, {"s": signed}, **kwargs)
+    title_h, _ = _compare_layout(cell=4, pad=0, colorbars=False)
+    pixels = _cell_pixels(figure, 0, 0, 4, 0, title_h, 0)
+    assert pixels[1, 1].tolist() == [247, 247, 247]  # 0: RdBu_r's centre
+    assert pixels[3, 3, 0] > pixels[3, 3, 2] and pixels[0, 0, 2] > pixels[0, 0, 0]
+
+
+def test_compare_errors():
+    image, heat = torch.rand(3, 4, 4), torch.rand(4, 4)
+    with pytest.raises(ol.OcclensError, match=r"compare\(maps\)"):
+        oi.compare(image, heat)
+    with pytest.raises(ol.OcclensError, match=r"compare\(maps\['a'\]\).*max_channels"):
+        oi.compare(image, {"a": torch.rand(1, 3, 4, 4)})
+    with pytest.raises(ol.OcclensError, match=r"compare\(maps\['a'\]\): has 3 maps.*max_channels"):
+        oi.compare(image, {"a": torch.rand(3, 4, 4)})  # a gradient map [C, H, W]
+    with pytest.raises(ol.OcclensError, match=r"compare\(maps\['a'\]\): has 2 maps for 1 images"):
+        oi.compare(image, {"a": torch.rand(2, 4, 4)})
+    with pytest.raises(ol.OcclensError, match=r"compare\(scale\)"):
+        oi.compare(image, {"a": heat}, scale="global")
+    with pytest.raises(ol.OcclensError, match=r"compare\(scale\): no map titled 'b'"):
+        oi.compare(image, {"a": heat}, scale={"b": 1.0})
+    with pytest.raises(ol.OcclensError, match=r"compare\(scale\)"):
+        oi.compare(image, {"a": heat}, scale=-1.0)
+    with pytest.raises(ol.OcclensError, match=r"compare\(row_titles\)"):
+        oi.compare(image, {"a": heat}, row_titles=["x", "y"])
+    with pytest.raises(ol.OcclensError, match=r"compare\(background\)"):
+        oi.compare(image, {"a": heat}, background="black")
+    with pytest.raises(ol.OcclensError, match=r"compare\(image\).*denormalize"):
+        oi.compare(oi.normalize(torch.ones(3, 4, 4)), {"a": heat})
+
+
+def test_overlay_magnitude_weight_on_a_flat_range_shows_the_image():
+    image = torch.rand(3, 4, 4)
+    assert torch.equal(oi.overlay(image, torch.zeros(4, 4), weight="magnitude"), image)
+    spike = torch.zeros(4, 4)
+    spike[1, 1] = 5.0
+    out = oi.overlay(image, spike, alpha=1.0, vmin=0.0, vmax=0.0, weight="magnitude")
+    assert torch.equal(out[:, 0, 0], image[:, 0, 0])
+    assert torch.allclose(out[:, 1, 1], oi.colormap("inferno")[-1])
