@@ -105,8 +105,8 @@ Methods (--method, several allowed):
   occlusion             score drop when a window is covered: --window, --stride, --fill, --edge,
                         --aggregate (Zeiler & Fergus 2014; Captum's Occlusion with --edge cover)
   saliency              gradient of the score w.r.t. the pixels (Simonyan et al. 2014)
-  guided                guided backpropagation (Springenberg et al. 2015); eager ReLU models
-  deconvnet             deconvnet rule (Zeiler & Fergus 2014); eager ReLU models
+  guided                guided backpropagation (Springenberg et al. 2015); not TorchScript
+  deconvnet             deconvnet rule (Zeiler & Fergus 2014); not TorchScript
   smoothgrad            saliency averaged over --n noisy copies, noise --sigma (Smilkov et al. 2017)
   integrated-gradients  path integral from --baseline in --steps (Sundararajan et al. 2017)
   input-x-gradient      pixels times gradient (Shrikumar et al. 2016)
