@@ -12,7 +12,6 @@ torch.Size([16, 16])
 
 from . import fills as fills
 from . import maps as maps
-from . import reg as reg
 from . import targets as targets
 from ._activation_maps import upsample_activation as upsample_activation
 from ._combine import chain as chain
@@ -27,8 +26,6 @@ from ._grid import occluder_for_rf as occluder_for_rf
 from ._integrated import integrated_gradients as integrated_gradients
 from ._layers import layer as layer
 from ._layers import layers as layers
-from ._maximize import Maximized as Maximized
-from ._maximize import maximize as maximize
 from ._occlusion import occlusion as occlusion
 from ._receptive import RF as RF
 from ._receptive import receptive_field as receptive_field
@@ -43,7 +40,6 @@ __version__ = "0.1.0"
 __all__ = [
     "RF",
     "EmpiricalRF",
-    "Maximized",
     "OcclensError",
     "TopK",
     "chain",
@@ -58,11 +54,9 @@ __all__ = [
     "layers",
     "map_output",
     "maps",
-    "maximize",
     "occluder_for_rf",
     "occlusion",
     "receptive_field",
-    "reg",
     "saliency",
     "smoothgrad",
     "targets",
