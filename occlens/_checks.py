@@ -168,21 +168,21 @@ def check_eval_policy(model_fn: object, call: str) -> None:
             )
 
 
-def _check_dtype_device(model_fn: object, x: Tensor, call: str) -> None:
+def _check_dtype_device(model_fn: object, x: Tensor, call: str, argument: str) -> None:
     if not isinstance(model_fn, nn.Module):
         return
     for tensor in (*model_fn.parameters(), *model_fn.buffers()):
         if tensor.device != x.device:
             raise fail(
                 call,
-                "x",
+                argument,
                 f"the input is on {x.device} but the model's tensors are on {tensor.device}",
                 f"move the input with x.to({str(tensor.device)!r})",
             )
         if tensor.dtype.is_floating_point and tensor.dtype != x.dtype:
             raise fail(
                 call,
-                "x",
+                argument,
                 f"the input is {describe(x)} but the model's parameters are "
                 f"{str(tensor.dtype).removeprefix('torch.')}",
                 "convert the input (x.to(dtype)) or use a copy of the model in that dtype",
@@ -190,11 +190,12 @@ def _check_dtype_device(model_fn: object, x: Tensor, call: str) -> None:
         break
 
 
-def check_model(model_fn: object, batch: Tensor, call: str) -> None:
-    """Everything about the model that can be checked before running it on `batch`."""
+def check_model(model_fn: object, batch: Tensor, call: str, argument: str = "x") -> None:
+    """Everything about the model that can be checked before running it on `batch`, the input
+    named `argument` in the call."""
     check_model_fn(model_fn, call)
     check_eval_policy(model_fn, call)
-    _check_dtype_device(model_fn, batch, call)
+    _check_dtype_device(model_fn, batch, call, argument)
 
 
 @contextmanager
@@ -204,7 +205,7 @@ def model_errors(call: str, batch: Tensor) -> Iterator[None]:
         yield
     except OcclensError:
         raise
-    except (RuntimeError, TypeError, IndexError) as error:
+    except (RuntimeError, TypeError, IndexError, ValueError) as error:  # torch's shape errors
         raise fail(
             call,
             "model_fn",
@@ -215,13 +216,14 @@ def model_errors(call: str, batch: Tensor) -> Iterator[None]:
 
 
 def clean_forward(
-    model_fn, batch: Tensor, call: str, *, measure: bool = False
+    model_fn, batch: Tensor, call: str, *, measure: bool = False, argument: str = "x"
 ) -> tuple[Tensor, int]:
     """Run the model once on the clean batch (no autograd) and check what comes back.
 
     Returns the output and, with `measure`, the bytes the forward pass allocated (else 0).
+    `argument` names the input in errors about its dtype or device.
     """
-    check_model(model_fn, batch, call)
+    check_model(model_fn, batch, call, argument)
     allocated = 0
     with model_errors(call, batch):
         if measure:

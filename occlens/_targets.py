@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ._errors import describe, fail
+from ._errors import OcclensError, describe, fail
 
 __all__ = ["as_target", "channel", "logit", "peak", "prob", "unit"]
 
@@ -219,7 +219,18 @@ class Custom(TargetBase):
         return self
 
     def _check_indices(self, output: Tensor, call: str) -> None:
-        score = self.fn(output)
+        try:
+            score = self.fn(output)
+        except OcclensError:
+            raise
+        except (RuntimeError, TypeError, IndexError, ValueError) as error:
+            raise fail(
+                call,
+                "target",
+                f"the target function raised {type(error).__name__} on a model output of shape "
+                f"{list(output.shape)}: {str(error).splitlines()[0] if str(error) else ''}",
+                "make it map Tensor[B, ...] to one score per sample, Tensor[B]",
+            ) from error
         if not isinstance(score, Tensor) or score.shape != output.shape[:1]:
             raise fail(
                 call,
