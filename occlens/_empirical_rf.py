@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ._activation_maps import upsample_activation
 from ._checks import image_batch
 from ._combine import derive_key
-from ._errors import describe, fail
+from ._errors import describe, fail, reported_as
 from ._fills import Uniform, uniform
 from ._grid import occluder_for_rf
 from ._keys import generator
@@ -69,6 +69,17 @@ class EmpiricalRF:
     area: int
 
 
+# Arguments of the calls inside empirical_rf, by the names the user gave them here.
+_INNER_ARGUMENTS = {
+    "x": "images",
+    "input_size": "images",
+    "model_fn": "model",
+    "target": "channel",
+    "index": "channel",
+    "name": "layer",
+}
+
+
 def _choice(value: object, options: tuple[str, ...], argument: str) -> None:
     if value not in options:
         raise fail(CALL, argument, f"got {value!r}", f"use one of {', '.join(map(repr, options))}")
@@ -82,7 +93,7 @@ def _images(images: object) -> Tensor:
             f"got {describe(images)}",
             "pass the candidate images as one tensor [N, C, H, W] (top_k streams any iterable)",
         )
-    batch, single = image_batch(images, CALL)
+    batch, single = image_batch(images, CALL, "images")
     if single:
         raise fail(
             CALL,
@@ -155,47 +166,52 @@ def empirical_rf(
     _choice(aggregate, ("center", "mean"), "aggregate")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise fail(CALL, "k", f"got {describe(k)}", "pass how many top images to use, e.g. 10")
-    batch = _images(images)
-    size = tuple(batch.shape[-2:])
-    rf = receptive_field(model, layer, size)
-    field = tuple(int(s) for s in rf.size)
-    unit_fn = layer_fn(model, layer)
-    top = top_k(unit_fn, batch, channel, k, progress=False)
-    if engine == "occlusion":
-        if window is None:
-            pairs = [occluder_for_rf(s) for s in field]
-            window = (pairs[0][0], pairs[1][0])
-            stride = (pairs[0][1], pairs[1][1]) if stride is None else stride
-        fill = uniform(-1.0, 1.0) if fill is None else fill
-        needs_key = isinstance(fill, Uniform) or callable(fill)
-        rng = generator(key, CALL, "the occluders' noise") if needs_key or key is not None else None
-    canvas = torch.zeros(field, dtype=batch.dtype, device=batch.device)
-    coverage = torch.zeros(field, dtype=torch.long, device=batch.device)
-    with progress_bar(len(top.indices), CALL, progress) as advance:
-        for index, (y, x) in zip(top.indices.tolist(), top.locations.tolist(), strict=True):
-            image = batch[index]
-            if engine == "occlusion":
-                box = rf.region(y, x)
-                patch = occlusion(
-                    unit_fn,
-                    image,
-                    unit(channel, y, x),
-                    window=window,
-                    stride=stride,
-                    fill=fill,
-                    box=box,
-                    aggregate=aggregate,
-                    absolute=absolute,
-                    chunk_size=chunk_size,
-                    key=None if rng is None else derive_key(rng),
-                    progress=False,
-                )
-            else:
-                patch = upsample_activation(unit_fn, image, channel, mode=mode)
-                y, x = _best_unit(patch, rf)
-                box = rf.region(y, x)
-            _paste(canvas, coverage, patch, box, rf.region(y, x, clip=False))
-            advance(1)
+    with reported_as(CALL, _INNER_ARGUMENTS):
+        batch = _images(images)
+        size = tuple(batch.shape[-2:])
+        rf = receptive_field(model, layer, size)
+        field = tuple(int(s) for s in rf.size)
+        unit_fn = layer_fn(model, layer)
+        top = top_k(unit_fn, batch, channel, k, progress=False)
+        if engine == "occlusion":
+            if window is None:
+                pairs = [occluder_for_rf(s) for s in field]
+                window = (pairs[0][0], pairs[1][0])
+                stride = (pairs[0][1], pairs[1][1]) if stride is None else stride
+            fill = uniform(-1.0, 1.0) if fill is None else fill
+            needs_key = isinstance(fill, Uniform) or callable(fill)
+            rng = (
+                generator(key, CALL, "the occluders' noise")
+                if needs_key or key is not None
+                else None
+            )
+        canvas = torch.zeros(field, dtype=batch.dtype, device=batch.device)
+        coverage = torch.zeros(field, dtype=torch.long, device=batch.device)
+        with progress_bar(len(top.indices), CALL, progress) as advance:
+            for index, (y, x) in zip(top.indices.tolist(), top.locations.tolist(), strict=True):
+                image = batch[index]
+                if engine == "occlusion":
+                    box = rf.region(y, x)
+                    patch = occlusion(
+                        unit_fn,
+                        image,
+                        unit(channel, y, x),
+                        window=window,
+                        stride=stride,
+                        fill=fill,
+                        box=box,
+                        aggregate=aggregate,
+                        absolute=absolute,
+                        chunk_size=chunk_size,
+                        key=None if rng is None else derive_key(rng),
+                        progress=False,
+                    )
+                else:
+                    patch = upsample_activation(unit_fn, image, channel, mode=mode)
+                    y, x = _best_unit(patch, rf)
+                    box = rf.region(y, x)
+                _paste(canvas, coverage, patch, box, rf.region(y, x, clip=False))
+                advance(1)
     canvas = canvas / len(top.indices)
     center, effective, area = _stats(canvas)
     return EmpiricalRF(canvas, coverage, top, center, effective, area)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 
-__all__ = ["OcclensError", "describe", "fail"]
+__all__ = ["OcclensError", "describe", "fail", "reported_as"]
 
 
 class OcclensError(ValueError):
@@ -51,3 +53,21 @@ def close_matches(name: str, options: Sequence[str], n: int = 5) -> str:
     if not matches:
         matches = [opt for opt in options if name.lower() in opt.lower()][:n]
     return ", ".join(repr(m) for m in matches) if matches else "none close"
+
+
+@contextmanager
+def reported_as(call: str, arguments: Mapping[str, str]) -> Iterator[None]:
+    """Report an `OcclensError` of an inner call as one of `call`, with its argument renamed.
+
+    A function built from other public functions uses this so that the user reads the names
+    they wrote: ``empirical_rf(images): ...`` rather than ``top_k(x): ...``.
+    """
+    try:
+        yield
+    except OcclensError as error:
+        text = str(error)
+        head = re.match(r"^(\w+)\((\w+)", text)
+        if head is None or (head[1] == call and head[2] not in arguments):
+            raise
+        argument = arguments.get(head[2], head[2])
+        raise OcclensError(f"{call}({argument}{text[head.end() :]}") from error

@@ -21,10 +21,9 @@ from torch import Tensor
 from ._checks import clean_forward, image_batch, optional_positive_int
 from ._combine import call_method, derive_key
 from ._errors import describe, fail
-from ._gradients import transformed
 from ._keys import generator
 from ._memory import backward_copies
-from ._targets import Peak, TargetBase, as_target
+from ._targets import TargetBase, as_target
 from ._types import AttributionFn, Key, Transform
 
 __all__ = ["smoothgrad"]
@@ -50,16 +49,13 @@ def _check(n: object, sigma: object, kind: object, chunk_size: object) -> None:
 def _plan(
     model_fn, batch: Tensor, target: object, chunk_size: int | None, n: int
 ) -> tuple[TargetBase, int]:
-    """The target resolved on the clean input (a `peak` must not move with the noise) and the
-    noisy copies per call: `chunk_size`, or from the memory budget as for a forward and backward
-    pass per copy, measured on one clean forward pass."""
+    """The target, checked and resolved on the clean input (a `peak` must not move with the
+    noise), and the noisy copies per call: `chunk_size`, or from the memory budget as for a
+    forward and backward pass per copy, measured on the same clean forward pass."""
     goal = as_target(target, CALL)
-    if chunk_size is not None and not isinstance(goal, Peak):
-        return goal, chunk_size
     clean, allocated = clean_forward(model_fn, batch, CALL, measure=chunk_size is None)
-    if isinstance(goal, Peak):
-        goal.check(clean, CALL)
-        goal = goal.resolve(clean)
+    goal.check(clean, CALL)
+    goal = goal.resolve(clean)
     return goal, chunk_size or min(n, backward_copies(allocated, batch, None))
 
 
@@ -103,7 +99,9 @@ def smoothgrad(
     """A transform that averages a method's maps over `n` noisy copies of the input.
 
     Noise is Gaussian with standard deviation ``sigma * (max(x) - min(x))`` per image, drawn from
-    the call's ``key`` (an int or a ``torch.Generator``; required unless ``sigma == 0``).
+    the call's ``key`` (an int or a ``torch.Generator``; required unless ``sigma == 0``). Copy
+    ``i`` of every image in a batch takes the same standard-normal draw, scaled per image, so an
+    image gets the same noise, and the same map, in a batch as alone.
     `kind` is ``"mean"`` (SmoothGrad), ``"square"`` (the mean of squared maps, Captum's
     ``smoothgrad_sq``) or ``"var"`` (their variance, VarGrad). `chunk_size` bounds the noisy
     copies per call of the method (by default from the memory budget, as if each copy cost one
@@ -136,13 +134,11 @@ def smoothgrad(
             state = None
             for start in range(0, n, step):
                 copies = min(step, n - start)
-                noise = torch.empty((copies, *batch.shape), dtype=torch.float32)
+                noise = torch.empty((copies, 1, *batch.shape[1:]), dtype=torch.float32)
                 for draw in noise:
                     draw.normal_(generator=rng)
                 noise = noise.to(dtype=batch.dtype, device=batch.device)
-                # In place, except under vmap, where the scale is batched and the noise is not.
-                noisy = batch + scale * noise if transformed() else noise.mul_(scale).add_(batch)
-                noisy = noisy.reshape(-1, *batch.shape[1:])
+                noisy = (batch + scale * noise).reshape(-1, *batch.shape[1:])
                 maps = call_method(
                     method, model_fn, noisy, goal.tile(copies), key=inner_key, **options
                 )

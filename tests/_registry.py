@@ -392,8 +392,6 @@ METHODS: tuple[Method, ...] = (
         chunk_exact=False,
         chunk=("chunk_size", (1, 3)),
         random=True,
-        batch_xfail="smoothgrad draws one noise tensor for the whole batch, so image i of a batch "
-        "gets other noise than alone (only vmap with randomness='same' gives the loop's noise)",
     ),
     Method(
         "pipeline",
@@ -402,7 +400,6 @@ METHODS: tuple[Method, ...] = (
         chunk_exact=False,
         chunk=("chunk_size", (1, 2)),
         random=True,
-        batch_xfail="smoothgrad draws one noise tensor for the whole batch (see 'smoothgrad')",
     ),
     Method(
         "layer",

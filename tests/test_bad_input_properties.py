@@ -63,31 +63,6 @@ class Subject:
         return 1
 
 
-_EMPIRICAL_RF = (
-    "empirical_rf checks its images with image_batch(..., CALL) and no argument name, and passes "
-    "the rest to receptive_field/top_k/unit, whose errors name those calls"
-)
-_EMPIRICAL_KNOWN = tuple(
-    (family, _EMPIRICAL_RF)
-    for family in (
-        "rank",
-        "empty",
-        "nan",
-        "dtype",
-        "half",
-        "float64",
-        "channels",
-        "out-of-range",
-        "target type",
-        "non-callable",
-        "train mode",
-    )
-)
-_SMOOTHGRAD_TARGETS = (
-    "smoothgrad checks only peak targets on the clean output: other targets are checked by the "
-    "wrapped method on the tiled noisy batch, so the error names saliency and n * B samples"
-)
-
 SUBJECTS = (
     Subject("occlusion", lambda m, x, t: ol.occlusion(m, x, t, window=3), "occlusion"),
     Subject("saliency", lambda m, x, t: ol.saliency(m, x, t), "saliency"),
@@ -101,16 +76,6 @@ SUBJECTS = (
         "smoothgrad",
         lambda m, x, t: ol.smoothgrad(n=2)(ol.saliency)(m, x, t, key=0),
         "smoothgrad",
-        known=tuple(
-            (family, _SMOOTHGRAD_TARGETS)
-            for family in (
-                "out-of-range",
-                "target length",
-                "unit",
-                "target function",
-                "unit of class scores",
-            )
-        ),
     ),
     Subject(
         "guided", lambda m, x, t: ol.saliency(ol.guided(m), x, t), "saliency", wrapper="guided"
@@ -142,7 +107,6 @@ SUBJECTS = (
         image="images",
         per_sample=False,
         module_only=True,
-        known=_EMPIRICAL_KNOWN,
     ),
 )
 _IMAGE_NAMED_X = (
@@ -310,7 +274,8 @@ def test_float64_image_for_a_float32_model(subject):
 @given(channels=st.integers(1, 6).filter(lambda c: c != 3))
 def test_wrong_number_of_channels(subject, channels):
     x = torch.rand(B, channels, 12, 12)
-    rejects(subject, at(subject, "model_fn") + r"the model raised RuntimeError on the input", x=x)
+    argument = "model" if subject.module_only else "model_fn"
+    rejects(subject, at(subject, argument) + r"the model raised RuntimeError on the input", x=x)
 
 
 # --- the target ---------------------------------------------------------------------------------
@@ -332,7 +297,7 @@ def test_one_target_per_image(subject, n):
 @family("out-of-range")
 @given(index=st.one_of(st.integers(max_value=-1), st.integers(min_value=FEATURES, max_value=2**62)))
 def test_index_out_of_range(subject, index):
-    argument = "channel" if subject.name == "upsample_activation" else "target"
+    argument = "channel" if subject.name in TAKES_TARGET else "target"
     problem = r"(out of range|got -\d+|non-negative)"
     rejects(subject, at(subject, argument) + rf".*{problem}", target=index)
 
@@ -349,7 +314,7 @@ def test_index_out_of_range(subject, index):
     )
 )
 def test_target_of_the_wrong_type(subject, target):
-    argument = "channel" if subject.name == "upsample_activation" else "target"
+    argument = "channel" if subject.name in TAKES_TARGET else "target"
     rejects(subject, at(subject, argument) + r"(cannot use|got)", target=target)
 
 
@@ -481,7 +446,7 @@ if hasattr(ol, "maximize"):
         "maximize",
         "layer",
     )
-_UNKNOWN_LAYER_KNOWN = {"empirical_rf": _EMPIRICAL_RF}
+_UNKNOWN_LAYER_KNOWN: dict[str, str] = {}
 CASES += [("unknown layer", name) for name in LAYER_CALLS]
 KNOWN += [("unknown layer", name) for name in _UNKNOWN_LAYER_KNOWN]
 
@@ -633,17 +598,11 @@ CHUNKED = {
     "top_k": lambda c: ol.top_k(net(), images(B), 1, k=1, batch_size=c),
 }
 CASES += [("bad chunk size", name) for name in CHUNKED]
-KNOWN.append(("bad chunk size", "empirical_rf"))
 
 
 @pytest.mark.parametrize(
     "name",
-    [
-        pytest.param(n, marks=[pytest.mark.xfail(reason=_EMPIRICAL_RF, strict=True)])
-        if n == "empirical_rf"
-        else n
-        for n in sorted(CHUNKED)
-    ],
+    sorted(CHUNKED),
 )
 @given(
     size=st.one_of(

@@ -117,14 +117,15 @@ def test_smoothgrad_with_sigma_zero_is_the_wrapped_method(kind):
 
 @pytest.mark.parametrize("kind", ["mean", "square", "var"])
 def test_smoothgrad_equals_a_loop_over_the_same_noise(kind):
-    """An independent reference: draw the noise as documented, average by hand."""
+    """An independent reference: draw the noise as documented (one [C, H, W] draw per copy,
+    shared by the images and scaled per image), average by hand."""
     model, x, n, sigma = testing.tiny_cnn().double(), images(2, seed=4), 6, 0.2
     rng = torch.Generator().manual_seed(7)
     ol._combine.derive_key(rng)  # the transform first derives its inner key
     scale = sigma * (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3))).view(-1, 1, 1, 1)
     maps = torch.stack(
         [
-            ol.saliency(model, x + scale * torch.randn(x.shape, generator=rng).double(), 1)
+            ol.saliency(model, x + scale * torch.randn(x.shape[1:], generator=rng).double(), 1)
             for _ in range(n)
         ]
     )

@@ -148,7 +148,7 @@ def test_upsample_engine_is_dnnbrains_patch_of_the_best_unit():
         (dict(key=None), r"empirical_rf\(key\)"),
         (dict(images=torch.rand(3, 24, 24)), r"empirical_rf\(images\): got one image"),
         (dict(images=[torch.rand(3, 24, 24)]), r"empirical_rf\(images\): got \["),
-        (dict(k=100), r"top_k\(k\)"),
+        (dict(k=100), r"empirical_rf\(k\)"),
     ],
 )
 def test_bad_input(options, match):
