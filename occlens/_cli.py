@@ -394,6 +394,7 @@ def _explain(args: argparse.Namespace) -> int:
         parse_fill,
         parse_size,
         parse_target,
+        python_call,
         stems,
         write_panels,
         write_raw,
@@ -558,6 +559,7 @@ def _explain(args: argparse.Namespace) -> int:
                             "max": float(m.max()),
                             "sum": float(m.double().sum()),
                             "seconds": round(r.seconds[name], 4),
+                            "python": python_call(name, options, tuple(r.image.shape[-2:])),
                         }
                         for name, m in r.maps.items()
                     },

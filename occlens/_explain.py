@@ -46,6 +46,7 @@ __all__ = [
     "parse_fill",
     "parse_size",
     "parse_target",
+    "python_call",
 ]
 
 CALL = "occlens explain"
@@ -330,6 +331,39 @@ def run_method(
         smooth = smoothgrad(options.n, options.sigma, kind=options.smooth_kind)(method)
         return smooth(_with_rule(base, rule, loaded, options), x, target, key=options.key)
     raise _error("--method", f"unknown method {name!r}", f"use one of {', '.join(METHODS)}")
+
+
+def python_call(name: str, options: ExplainOptions, size: tuple[int, int]) -> str:
+    """The Python call of `PYTHON_CALLS` with this run's option values filled in."""
+    if name == "occlusion":
+        window, stride = options.occluder(*size)
+        random_fill = isinstance(options.fill, Uniform)
+        return (
+            f"ol.occlusion(model, x, target, window={window!r}, stride={stride!r}, "
+            f"fill={options.fill!r}, edge={options.edge!r}, aggregate={options.aggregate!r}"
+            + (", absolute=True" if options.absolute else "")
+            + (f", key={options.key!r}" if random_fill else "")
+            + ")"
+        )
+    if name == "integrated-gradients":
+        return (
+            f"ol.integrated_gradients(model, x, target, baseline={options.baseline!r}, "
+            f"steps={options.steps!r})"
+        )
+    if name == "smoothgrad":
+        method = (
+            "ol.input_x_gradient" if options.smooth_base == "input-x-gradient" else "ol.saliency"
+        )
+        wrapped = (
+            f"ol.{options.smooth_base}(model)"
+            if options.smooth_base in ("guided", "deconvnet")
+            else "model"
+        )
+        return (
+            f"ol.smoothgrad({options.n!r}, {options.sigma!r}, kind={options.smooth_kind!r})"
+            f"({method})({wrapped}, x, target, key={options.key!r})"
+        )
+    return PYTHON_CALLS[name]
 
 
 def display_map(name: str, raw: Tensor, size: tuple[int, int], reduce: str = "auto") -> Tensor:

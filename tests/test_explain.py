@@ -501,3 +501,20 @@ def test_grayscale_models_and_methods_before_images(tmp_path, capsys):
     with Image.open(CIRCLE) as picture:  # the same luma as PIL's, within rounding
         pil = torch.from_numpy(np.asarray(picture.convert("L"), dtype=np.float32) / 255)
     assert (pil - luma[0]).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_the_json_python_calls_reproduce_the_raw_maps(tmp_path, capsys):
+    """Each map's "python" entry, evaluated as written, gives that map bit for bit."""
+    summary = explain_json(
+        tmp_path,
+        capsys,
+        *("--target", "2", "-m", "occlusion", "smoothgrad", "integrated-gradients", "guided"),
+        *("--window", "12", "--stride", "6", "--n", "4", "--steps", "8", "--key", "3"),
+    )
+    (entry,) = summary["images"]
+    raw = np.load(entry["raw"][0])
+    scope = {"ol": ol, "model": zoo.shapes(), "x": oi.load(CIRCLE), "target": 2}
+    for name, info in entry["maps"].items():
+        assert "=," not in info["python"] and "=)" not in info["python"], info["python"]
+        reproduced = eval(info["python"], scope)
+        np.testing.assert_array_equal(raw[name], reproduced.numpy(), err_msg=info["python"])
