@@ -27,8 +27,12 @@ from ._grid import occluder_for_rf as occluder_for_rf
 from ._integrated import integrated_gradients as integrated_gradients
 from ._layers import layer as layer
 from ._layers import layers as layers
+from ._masked import Masked as Masked
+from ._masked import masked_image as masked_image
 from ._maximize import Maximized as Maximized
 from ._maximize import maximize as maximize
+from ._minimal import Minimal as Minimal
+from ._minimal import minimal_image as minimal_image
 from ._occlusion import occlusion as occlusion
 from ._receptive import RF as RF
 from ._receptive import receptive_field as receptive_field
@@ -43,7 +47,9 @@ __version__ = "0.1.0"
 __all__ = [
     "RF",
     "EmpiricalRF",
+    "Masked",
     "Maximized",
+    "Minimal",
     "OcclensError",
     "TopK",
     "chain",
@@ -58,7 +64,9 @@ __all__ = [
     "layers",
     "map_output",
     "maps",
+    "masked_image",
     "maximize",
+    "minimal_image",
     "occluder_for_rf",
     "occlusion",
     "receptive_field",

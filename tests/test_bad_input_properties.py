@@ -109,10 +109,6 @@ SUBJECTS = (
         module_only=True,
     ),
 )
-_IMAGE_NAMED_X = (
-    "the dtype/device check in _checks names the argument 'x'; masked_image and minimal_image "
-    "call it 'image' (top_k renames it by hand)"
-)
 PARCELS = torch.arange(9).reshape(3, 3).repeat_interleave(4, 0).repeat_interleave(4, 1)
 if hasattr(ol, "masked_image"):
     SUBJECTS += (
@@ -122,7 +118,6 @@ if hasattr(ol, "masked_image"):
             "masked_image",
             image="image",
             one_image=True,
-            known=(("float64", _IMAGE_NAMED_X),),
         ),
     )
 if hasattr(ol, "minimal_image"):
@@ -133,7 +128,6 @@ if hasattr(ol, "minimal_image"):
             "minimal_image",
             image="image",
             one_image=True,
-            known=(("float64", _IMAGE_NAMED_X),),
         ),
     )
 if hasattr(ol, "maximize"):
