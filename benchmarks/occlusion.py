@@ -1,13 +1,30 @@
 """Occlusion throughput: occlens vs Captum vs the raw batched-forward limit, ratios from one run.
 
-    python benchmarks/occlusion.py                 # AlexNet and VGG16 references at 224 px
-    python benchmarks/occlusion.py --models alexnet --window 16 --stride 8 --rounds 5
+    python benchmarks/occlusion.py                 # the Krypton setting, reduced grids (below)
+    python benchmarks/occlusion.py --models vgg16 --positions 6 --rounds 3
+    python benchmarks/occlusion.py --units         # AlexNet unit targets at conv3 and conv5
+    python benchmarks/occlusion.py --approximate   # Krypton's approximations on VGG16 (SSIM)
     python benchmarks/occlusion.py --smoke         # seconds: a tiny model, to check the script runs
 
-The limit is what no occlusion implementation can beat on this machine: pushing as many images
-as there are occluder positions through the model at its fastest batch size (batched, no
-autograd, nothing else). Methods run interleaved in rounds, and each keeps its fastest round, so
-slow spells of a shared machine hit them all alike.
+The default setting is Krypton's (SIGMOD 2019): 224 x 224 images, window 16, stride 4, i.e.
+53 x 53 = 2809 positions. Re-running VGG16 2809 times takes most of an hour on a 2-core CPU, so
+the engines run on a reduced grid: the `--positions` x `--positions` occluders in the middle of
+the image (a box, the most expensive place for the incremental engine, whose patches shrink at
+the borders). Every engine works per occluder, so seconds per position compare directly; the
+"full grid" column extrapolates to 2809 positions.
+
+Methods run interleaved in rounds, and each keeps its fastest round, so slow spells of a shared
+machine hit them all alike:
+
+* limit: as many clean images as positions through the model at its fastest batch size
+  (batched, no autograd, nothing else): what no re-inference engine can beat.
+* occlens batched / incremental / auto: ``occlusion(..., engine=...)``.
+* Captum ``Occlusion`` with several ``perturbations_per_eval``. Captum cannot restrict occluders
+  to a box, so it runs on the whole image with a stride that gives about as many positions, and
+  its seconds per position are compared.
+
+FLOPs per occluder come from `occlens._incremental.explain_engine`: a full re-inference against
+what the incremental engine computes (patch layers plus the dense tail).
 """
 
 from __future__ import annotations
@@ -18,13 +35,18 @@ import platform
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 import occlens as ol
+from occlens import targets as T
+from occlens._incremental import explain_engine
 
-DEFAULT_GRIDS = {"alexnet": (32, 16), "vgg16": (56, 28), "resnet18": (32, 16), "tiny_cnn": (6, 3)}
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
+SIDES = {"vgg16": 6, "resnet18": 8, "alexnet": 8, "units": 8, "approximate": 4}
+FULL = 224
+WINDOW, STRIDE = 16, 4
 
 
 def seconds(fn: Callable[[], object]) -> float:
@@ -34,13 +56,15 @@ def seconds(fn: Callable[[], object]) -> float:
 
 
 def best_batch(model, image: torch.Tensor, images: int) -> int:
-    """The batch size in `BATCHES` with the fastest forward pass per image (two passes each)."""
+    """The batch size in `BATCHES` with the fastest forward pass per image."""
     per_image = {}
     with torch.no_grad():
         for size in BATCHES:
+            if size > max(images, 1):
+                break
             batch = image.expand(size, *image.shape).contiguous()
-            calls = max(1, min(images, 2 * BATCHES[-1]) // size)
             model(batch)
+            calls = max(1, min(images, 32) // size)
             per_image[size] = seconds(lambda b=batch, c=calls: [model(b) for _ in range(c)])
             per_image[size] /= calls * size
     return min(per_image, key=per_image.get)
@@ -67,102 +91,318 @@ def captum_occlusion(model, image, target, window, stride, per_eval):
             target=target,
             baselines=0.0,
             perturbations_per_eval=per_eval,
-        )[0, 0]
-
-
-def bench_model(name, model, size, window, stride, captum_batches, rounds) -> dict[str, float]:
-    """Time every method once per round, methods interleaved; keep each method's fastest round."""
-    image = torch.rand(3, size, size, generator=torch.Generator().manual_seed(0))
-    target = 1
-    positions = (math.ceil((size - window) / stride) + 1) ** 2  # edge="cover", as Captum
-    maps: dict[str, torch.Tensor] = {}
-    batch = best_batch(model, image, positions)
-
-    def limit() -> float:
-        return batched_forward(model, image, positions, batch)
-
-    def ours() -> float:
-        return seconds(
-            lambda: maps.__setitem__(
-                "occlens",
-                ol.occlusion(
-                    model,
-                    image,
-                    target,
-                    window=window,
-                    stride=stride,
-                    edge="cover",
-                    aggregate="mean",
-                ),
-            )
         )
 
-    def theirs(per_eval: int) -> Callable[[], float]:
-        return lambda: seconds(
-            lambda: maps.__setitem__(
-                per_eval, captum_occlusion(model, image, target, window, stride, per_eval)
-            )
-        )
 
-    methods = {"limit: positions x batched forward": limit, "occlens (chunk_size auto)": ours}
-    methods |= {f"captum Occlusion ppe={p}": theirs(p) for p in captum_batches}
-    ours()  # warm-up
-    times: dict[str, list[float]] = {label: [] for label in methods}
+def captum_positions(size: int, window: int, stride: int) -> int:
+    return (math.ceil((size - window) / stride) + 1) ** 2
+
+
+def captum_stride(size: int, window: int, positions: int) -> int:
+    """A stride for which Captum places about `positions` occluders on the whole image.
+
+    Captum refuses strides longer than the window, so it places at least
+    ``(ceil((size - window) / window) + 1) ** 2`` occluders (196 at 224 px, window 16).
+    """
+    return min(
+        range(1, window + 1), key=lambda s: abs(captum_positions(size, window, s) - positions)
+    )
+
+
+def full_grid() -> int:
+    """Positions on the whole image: 53 x 53 = 2809 in the Krypton setting."""
+    return ((FULL - WINDOW) // STRIDE + 1) ** 2
+
+
+def central_box(size: int, window: int, stride: int, side: int) -> tuple[int, int, int, int]:
+    """A box holding `side` x `side` occluder positions on the full grid, centred."""
+    span = window + (side - 1) * stride
+    first = ((size - span) // 2) // stride * stride
+    return (first, first, first + span, first + span)
+
+
+@dataclass
+class Timing:
+    """Seconds for `positions` occluders and, for occlens, for one occluder (the fixed costs)."""
+
+    positions: int
+    seconds: float
+    one: float | None = None
+
+    @property
+    def marginal(self) -> float:
+        """Seconds per extra occluder."""
+        if self.one is None or self.positions < 2:
+            return self.seconds / self.positions
+        return max(self.seconds - self.one, 0.0) / (self.positions - 1)
+
+    def full(self, positions: int) -> float:
+        """Seconds for `positions` occluders: fixed costs once, then the marginal cost."""
+        if self.one is None:
+            return self.marginal * positions
+        return self.one + self.marginal * (positions - 1)
+
+
+def report(title: str, best: dict[str, Timing], notes: dict, full: int | None = None) -> None:
+    """One table; ratios compare extrapolations to `full` positions (default: the whole grid)."""
+    full = full or full_grid()
+    total = {k: t.full(full) for k, t in best.items()}
+    limit = total.get("limit: batched forward")
+    batched = total.get("occlens batched")
+    captum = [v for k, v in total.items() if k.startswith("captum")]
+    captum_best = min(captum) if captum else None
+    print(f"\n{title}")
+    print(
+        f"{'method':34s} {'positions':>9s} {'seconds':>8s} {'1 pos s':>8s} {'ms/pos':>8s} "
+        f"{'grid s':>8s} {'x limit':>8s} {'x batched':>9s} {'x captum':>9s}  note"
+    )
+    for label, t in best.items():
+        one = f"{t.one:8.2f}" if t.one is not None else f"{'':8s}"
+        cells = [
+            f"{label:34s} {t.positions:9d} {t.seconds:8.2f} {one} {1000 * t.marginal:8.2f}",
+            f"{total[label]:8.1f}",
+            f"{total[label] / limit:8.2f}" if limit else f"{'':8s}",
+            f"{batched / total[label]:9.2f}" if batched else f"{'':9s}",
+            f"{captum_best / total[label]:9.2f}" if captum_best else f"{'':9s}",
+        ]
+        print(" ".join(cells) + f"  {notes.get(label, '')}")
+
+
+def interleave(methods: dict[str, Callable[[], Timing]], rounds: int) -> dict[str, Timing]:
+    """Run every method once per round, methods interleaved; keep each one's fastest round."""
+    times: dict[str, list[Timing]] = {label: [] for label in methods}
     for _ in range(rounds):
         for label, run in methods.items():
             times[label].append(run())
-    best = {label: min(values) for label, values in times.items()}
-    floor = best["limit: positions x batched forward"]
-    captum_best = min(v for k, v in best.items() if k.startswith("captum"))
+    return {label: min(values, key=lambda t: t.seconds) for label, values in times.items()}
 
-    print(
-        f"\n{name} at {size}x{size}, window {window}, stride {stride}: {positions} positions, "
-        f"best of {rounds} interleaved rounds"
+
+def occlens_timing(run: Callable[..., object], box, one_box) -> Callable[[], Timing]:
+    """Time `run(box=...)` on the reduced grid and on one occluder (the fixed costs)."""
+
+    def timing() -> Timing:
+        one = seconds(lambda: run(box=one_box))
+        out = {}
+        spent = seconds(lambda: out.setdefault("map", run(box=box)))
+        return Timing(int(out["map"].numel()), spent, one)
+
+    return timing
+
+
+def captum_timing(model, image, target, stride, per_eval) -> Callable[[], Timing]:
+    count = captum_positions(FULL, WINDOW, stride)
+    return lambda: Timing(
+        count, seconds(lambda: captum_occlusion(model, image, target, WINDOW, stride, per_eval))
     )
-    print(f"{'method':42s} {'seconds':>8s} {'ms/pos':>8s} {'x limit':>8s} {'x captum':>9s}  note")
-    for label, value in best.items():
-        note = ""
-        if label.startswith("limit"):
-            note = f"batch {batch}, the fastest of {BATCHES}"
-        elif label.startswith("captum"):
-            ref = maps[int(label.rsplit("=", 1)[1])]
-            error = float((maps["occlens"] - ref).abs().max() / ref.abs().max().clamp(min=1e-12))
-            note = f"max rel diff to occlens {error:.1e}"
-        print(
-            f"{label:42s} {value:8.2f} {1000 * value / positions:8.2f} "
-            f"{value / floor:8.2f} {value / captum_best:9.2f}  {note}"
-        )
+
+
+def bench_model(name, model, side, captum_batches, rounds) -> dict[str, Timing]:
+    image = torch.rand(3, FULL, FULL, generator=torch.Generator().manual_seed(0))
+    target = 1
+    box = central_box(FULL, WINDOW, STRIDE, side)
+    one_box = central_box(FULL, WINDOW, STRIDE, 1)
+    options = {"window": WINDOW, "stride": STRIDE, "aggregate": "grid"}
+    count = side * side
+    maps: dict[str, torch.Tensor] = {}
+    batch = best_batch(model, image, count)
+    stride = captum_stride(FULL, WINDOW, count)
+
+    def engine(kind: str) -> Callable[[], Timing]:
+        def run(box) -> torch.Tensor:
+            maps[kind] = ol.occlusion(model, image, target, engine=kind, box=box, **options)
+            return maps[kind]
+
+        return occlens_timing(run, box, one_box)
+
+    methods = {
+        "limit: batched forward": lambda: Timing(
+            count, batched_forward(model, image, count, batch)
+        ),
+        "occlens batched": engine("batched"),
+        "occlens incremental": engine("incremental"),
+        "occlens auto": engine("auto"),
+    }
+    for p in captum_batches:
+        methods[f"captum Occlusion ppe={p}"] = captum_timing(model, image, target, stride, p)
+    engine("incremental")()  # warm-up
+    best = interleave(methods, rounds)
+    plan = explain_engine(model, image, target, box=box, **options)
+    diff = float((maps["incremental"] - maps["batched"]).abs().max() / maps["batched"].abs().max())
+    notes = {
+        "limit: batched forward": f"batch {batch}, the fastest of {BATCHES}",
+        "occlens incremental": f"max diff to batched {diff:.1e} of the largest delta (float32)",
+        "occlens auto": f"picks {plan.engine}",
+    }
+    for k in methods:
+        if k.startswith("captum"):
+            notes[k] = f"whole image, stride {stride} (Captum allows none > window)"
+    title = (
+        f"{name} at {FULL}x{FULL}, window {WINDOW}, stride {STRIDE}: a central {side}x{side} of "
+        f"the {full_grid()} positions (box {box}), best of {rounds} interleaved rounds. FLOPs "
+        f"per occluder: {plan.flops_full / 1e9:.2f} G full re-inference, "
+        f"{plan.flops_incremental / 1e9:.2f} G incremental "
+        f"({plan.flops_full / plan.flops_incremental:.2f}x fewer)"
+    )
+    report(title, best, notes)
     return best
+
+
+def bench_units(captum_batches, rounds, side: int) -> None:
+    """AlexNet unit targets at conv3 and conv5: cropping to the receptive field."""
+    model = ol.testing.alexnet()
+    image = torch.rand(3, FULL, FULL, generator=torch.Generator().manual_seed(0))
+    for label, layer in (("conv3", "features.6"), ("conv5", "features.10")):
+        bench_unit(model, image, label, layer, captum_batches, rounds, side)
+
+
+def bench_unit(model, image, label, layer, captum_batches, rounds, side) -> None:
+    head = ol.layer(model, layer)
+    with torch.no_grad():
+        n = head(image[None]).shape[-1]
+    centre = (0, n // 2, n // 2)
+    unit = T.unit(*centre)
+    options = {"window": WINDOW, "stride": STRIDE, "aggregate": "grid"}
+    rf = ol.receptive_field(model, layer, FULL).region(n // 2, n // 2)
+    stride = captum_stride(FULL, WINDOW, side * side)
+    box = central_box(FULL, WINDOW, STRIDE, side)
+    one_box = central_box(FULL, WINDOW, STRIDE, 1)
+
+    def ours(kind: str) -> Callable[[], Timing]:
+        def run(box) -> torch.Tensor:
+            return ol.occlusion(head, image, unit, engine=kind, box=box, **options)
+
+        return occlens_timing(run, box, one_box)
+
+    def whole(kind: str) -> Callable[[], Timing]:
+        return lambda: Timing(
+            full_grid(), seconds(lambda: ol.occlusion(head, image, unit, engine=kind, **options))
+        )
+
+    methods = {
+        "limit: batched forward": lambda: Timing(
+            side * side, batched_forward(head, image, side * side, 16)
+        ),
+        "occlens batched": ours("batched"),
+        "occlens incremental (whole grid)": whole("incremental"),
+        "occlens auto (whole grid)": whole("auto"),
+    }
+    for p in captum_batches:
+        methods[f"captum Occlusion ppe={p}"] = captum_timing(head, image, centre, stride, p)
+    whole("incremental")()
+    best = interleave(methods, rounds)
+    plan = explain_engine(head, image, unit, **options)
+    notes = {
+        k: f"whole image, stride {stride} (Captum allows none > window)"
+        for k in methods
+        if k.startswith("captum")
+    }
+    notes["occlens incremental (whole grid)"] = (
+        f"{plan.live} of {full_grid()} occluders meet the field {rf}; the rest give 0 unrun"
+    )
+    notes["occlens batched"] = "a central box (the batched cost does not depend on the place)"
+    notes["limit: batched forward"] = "up to the layer, batch 16"
+    notes["occlens auto (whole grid)"] = f"picks {plan.engine}"
+    title = (
+        f"AlexNet {label} ({layer}) unit {centre} at {FULL}x{FULL}, window {WINDOW}, stride "
+        f"{STRIDE}, best of {rounds} rounds. FLOPs per live occluder: {plan.flops_full / 1e9:.3f}"
+        f" G up to {label}, {plan.flops_incremental / 1e9:.4f} G cropped and incremental. The "
+        f"'whole grid' rows ran on all {full_grid()} positions; 'grid s' extrapolates the others."
+    )
+    report(title, best, notes)
+
+
+def bench_approximate(rounds: int, side: int, taus, drill) -> None:
+    """Krypton's approximations on VGG16 over the whole grid: seconds and SSIM vs the exact map.
+
+    The exact map comes from the incremental engine (equal to the batched one to float
+    rounding); the batched engine's time on the whole grid is extrapolated from a central
+    `side` x `side` box and one occluder, as in the other tables.
+    """
+    from occlens._incremental_approx import occlusion_approximate, ssim
+
+    model = ol.testing.vgg16()
+    image = torch.rand(3, FULL, FULL, generator=torch.Generator().manual_seed(0))
+    options = {"window": WINDOW, "stride": STRIDE, "aggregate": "grid"}
+    maps: dict[str, torch.Tensor] = {}
+
+    def batched(box) -> torch.Tensor:
+        return ol.occlusion(model, image, 1, engine="batched", box=box, **options)
+
+    def exact() -> Timing:
+        spent = seconds(lambda: maps.__setitem__("exact", ol.occlusion(model, image, 1, **options)))
+        return Timing(full_grid(), spent)
+
+    def approx(tau: float, d) -> Callable[[], Timing]:
+        key = f"tau={tau} drill={d}"
+        return lambda: Timing(
+            full_grid(),
+            seconds(
+                lambda: maps.__setitem__(
+                    key, occlusion_approximate(model, image, 1, tau=tau, drill=d, **options)
+                )
+            ),
+        )
+
+    box, one_box = central_box(FULL, WINDOW, STRIDE, side), central_box(FULL, WINDOW, STRIDE, 1)
+    methods = {
+        "occlens batched": occlens_timing(batched, box, one_box),
+        "occlens incremental (exact)": exact,
+    }
+    for tau in taus:
+        methods[f"tau={tau} drill=None"] = approx(tau, None)
+        if drill is not None:
+            methods[f"tau={tau} drill={drill}"] = approx(tau, drill)
+    best = interleave(methods, rounds)
+    notes = {"occlens batched": f"a central {side}x{side} box and one occluder, extrapolated"}
+    for k in methods:
+        if k.startswith("tau"):
+            notes[k] = f"SSIM {ssim(maps[k], maps['exact']):.3f} vs the exact 53x53 map"
+    report(
+        f"VGG16 approximate modes on the whole {full_grid()}-position grid at {FULL}x{FULL}, "
+        f"window {WINDOW}, stride {STRIDE}, best of {rounds} rounds (random weights)",
+        best,
+        notes,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", nargs="+", default=["alexnet", "vgg16"])
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--window", type=int, help="default: per model, see DEFAULT_GRIDS")
-    parser.add_argument("--stride", type=int, help="default: per model, see DEFAULT_GRIDS")
+    parser.add_argument("--models", nargs="+", default=["vgg16", "resnet18", "alexnet"])
     parser.add_argument(
-        "--captum", type=int, nargs="+", default=[1, 16, 64], help="perturbations_per_eval values"
+        "--positions", type=int, help="side of the central grid (default: see SIDES)"
     )
-    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--smoke", action="store_true", help="tiny model, tiny image: checks the script runs"
+        "--captum", type=int, nargs="+", default=[16], help="perturbations_per_eval values"
     )
+    parser.add_argument("--rounds", type=int, default=2, help="(--approximate: 1)")
+    parser.add_argument("--units", action="store_true", help="AlexNet conv3/conv5 unit targets")
+    parser.add_argument("--approximate", action="store_true", help="VGG16 tau / drill-down")
+    parser.add_argument("--taus", type=float, nargs="+", default=[0.5, 0.3])
+    parser.add_argument("--smoke", action="store_true", help="tiny model: checks the script runs")
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{platform.processor() or platform.machine()}; 'x captum' is against Captum's best"
+        f"{platform.processor() or platform.machine()}; 'x captum' is per position against "
+        f"Captum's best; 'x batched' is the speedup over occlens's batched engine"
     )
     if args.smoke:
-        bench_model("tiny_cnn", ol.testing.tiny_cnn(), 24, 6, 3, [1, 16], 1)
+        global FULL, WINDOW, STRIDE
+        FULL, WINDOW, STRIDE = 32, 8, 4
+        bench_model("tiny_cnn", ol.testing.tiny_cnn(), 2, [16], 1)
+        bench_unit(ol.testing.tiny_cnn(), torch.rand(3, 32, 32), "conv2", "features.3", [16], 1, 2)
+        return
+    if args.units:
+        bench_units(args.captum, args.rounds, args.positions or SIDES["units"])
+        return
+    if args.approximate:
+        side = args.positions or SIDES["approximate"]
+        bench_approximate(1 if args.rounds == 2 else args.rounds, side, args.taus, (2, 0.25))
         return
     for name in args.models:
-        window, stride = DEFAULT_GRIDS.get(name, (32, 16))
-        window, stride = args.window or window, args.stride or stride
         model = getattr(ol.testing, name)()
-        bench_model(name, model, args.size, window, stride, args.captum, args.rounds)
+        bench_model(name, model, args.positions or SIDES[name], args.captum, args.rounds)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
 
 import torch
@@ -33,6 +34,7 @@ log = logging.getLogger("occlens")
 
 CALL = "occlusion"
 _NOISE_BLOCK = 64  # occluders per noise draw; fixed, so the stream never depends on chunk_size
+ENGINES = ("auto", "batched", "incremental")
 
 
 def occlusion(
@@ -51,6 +53,7 @@ def occlusion(
     memory_budget: int | None = None,
     key: Key | None = None,
     progress: bool | None = None,
+    engine: str = "auto",
 ) -> Tensor:
     """Occlusion map: how much the target score drops when a window of the image is covered.
 
@@ -77,6 +80,17 @@ def occlusion(
     noise for every `chunk_size`, and conv nets give bit-identical maps for every `chunk_size`
     of 2 or more (single-image calls take other CPU kernels, equal to float rounding).
     `progress` shows a progress bar (``None``: for long runs on a terminal).
+
+    `engine`: ``"batched"`` re-runs the whole model on every occluded image; ``"incremental"``
+    traces the model (an ``nn.Module``) with ``torch.fx`` and recomputes each layer only where
+    the occluder changes it (Krypton's incremental inference), and for a unit target only
+    inside the unit's receptive field; ``"auto"`` (the default) runs the incremental engine
+    where its cost model predicts it is faster, and goes straight to the batched engine when
+    the run is too short to repay tracing the model. Both are exact: they agree to float
+    rounding (folding batch norm into the convolution before it changes the last bits).
+    A model the incremental engine cannot run exactly (it does not trace, a layer is in
+    training mode, a fill function) is run by the batched engine, with the reason logged at
+    debug level on the ``"occlens"`` logger.
 
     Shapes: ``x [C, H, W] -> [H, W]`` and ``x [B, C, H, W] -> [B, H, W]``; with
     ``aggregate="grid"``, ``[n_rows, n_cols]`` / ``[B, n_rows, n_cols]``.
@@ -105,23 +119,51 @@ def occlusion(
     optional_positive_int(chunk_size, CALL, "chunk_size")
     optional_positive_int(memory_budget, CALL, "memory_budget")
     _check_flags(absolute, progress)
+    check_choice(engine, ENGINES, CALL, "engine")
+    started = time.perf_counter()
     clean, allocated = clean_forward(model_fn, batch, CALL, measure=chunk_size is None)
+    clean_seconds = time.perf_counter() - started
     goal = as_target(target, CALL)
     goal.check(clean, CALL)
     goal = goal.resolve(clean)
     rows = len(grid) + 1
     chunk = chunk_size or _auto_chunk(allocated // n, batch, rows, memory_budget)
-    deltas = torch.empty(n, len(grid), dtype=clean.dtype, device=clean.device)
     with torch.no_grad(), progress_bar(n * rows, "occlusion", progress) as advance:
-        for row in range(n):
-            scores = _scores(
-                model_fn, batch[row], goal.select(row), plan, row, grid, chunk, rng_state, advance
-            )
-            deltas[row] = scores[0] - scores[1:]
+        deltas = None
+        if engine != "batched":
+            deltas = _incremental(
+                model_fn, batch, clean, goal, plan, grid, chunk_size, rng_state, engine, advance,
+                clean_seconds,
+            )  # fmt: skip
+        if deltas is None:
+            deltas = torch.empty(n, len(grid), dtype=clean.dtype, device=clean.device)
+            for row in range(n):
+                scores = _scores(
+                    model_fn, batch[row], goal.select(row), plan, row, grid, chunk, rng_state,
+                    advance,
+                )  # fmt: skip
+                deltas[row] = scores[0] - scores[1:]
     if absolute:
         deltas = deltas.abs()
     heat = aggregate_deltas(deltas, grid, aggregate)
     return heat[0] if single else heat
+
+
+def _incremental(
+    model_fn, batch, clean, goal, plan, grid, chunk_size, rng_state, engine, advance, clean_seconds
+) -> Tensor | None:
+    """Deltas from the incremental engine, or None where the batched engine must run."""
+    from ._incremental import run_incremental
+
+    noise_for_row = None
+    if plan.noise is not None and rng_state is not None:
+        shape = (batch.shape[1], *grid.window)
+        lo, hi = plan.noise.lo, plan.noise.hi
+        noise_for_row = lambda: _NoiseStream(rng_state, shape, lo, hi, batch)  # noqa: E731
+    return run_incremental(
+        model_fn, batch, clean, goal, plan, grid, chunk_size, noise_for_row, engine, advance,
+        clean_seconds,
+    )  # fmt: skip
 
 
 def _grid(batch: Tensor, window, stride, edge, how, box) -> Grid:
@@ -269,7 +311,9 @@ def _scores(
     def one_by_one(images: Tensor) -> Tensor:
         try:
             return torch.stack([score(occluded) for occluded in images])
-        except (RuntimeError, TypeError, IndexError) as error:
+        except OcclensError:
+            raise
+        except (RuntimeError, TypeError, IndexError, ValueError) as error:
             raise fail(
                 CALL,
                 "model_fn",
