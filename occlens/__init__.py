@@ -24,6 +24,9 @@ from ._errors import OcclensError as OcclensError
 from ._gradients import input_x_gradient as input_x_gradient
 from ._gradients import saliency as saliency
 from ._grid import occluder_for_rf as occluder_for_rf
+from ._incremental import explain_engine as explain_engine
+from ._incremental_approx import approximation_ssim as approximation_ssim
+from ._incremental_approx import occlusion_approximate as occlusion_approximate
 from ._integrated import integrated_gradients as integrated_gradients
 from ._layers import layer as layer
 from ._layers import layers as layers
@@ -52,9 +55,11 @@ __all__ = [
     "Minimal",
     "OcclensError",
     "TopK",
+    "approximation_ssim",
     "chain",
     "deconvnet",
     "empirical_rf",
+    "explain_engine",
     "fills",
     "guided",
     "identity",
@@ -69,6 +74,7 @@ __all__ = [
     "minimal_image",
     "occluder_for_rf",
     "occlusion",
+    "occlusion_approximate",
     "receptive_field",
     "reg",
     "saliency",

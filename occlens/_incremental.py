@@ -33,7 +33,7 @@ from torch.func import vmap
 from ._fills import FillPlan
 from ._grid import Grid
 from ._incremental_geometry import Geometry, needed_regions, propagate
-from ._incremental_graph import Graph, Step, Unsupported, Window, analyse, run_node
+from ._incremental_graph import Graph, GraphFailed, Step, Unsupported, Window, analyse, run_node
 from ._targets import TargetBase, Unit
 
 __all__ = [
@@ -189,11 +189,19 @@ def _chunk_for(g: Graph, geo: Geometry, image: Tensor, chunk_size: int | None) -
 
 
 def plan(
-    model_fn: object, image: Tensor, goal: TargetBase, grid: Grid, chunk_size: int | None = None
+    model_fn: object,
+    image: Tensor,
+    goal: TargetBase,
+    grid: Grid,
+    chunk_size: int | None = None,
+    graph: Graph | None = None,
 ) -> tuple[EnginePlan, Graph | None]:
-    """What ``engine="auto"`` runs for `image` ``[1, C, H, W]`` (the first of the batch)."""
+    """What ``engine="auto"`` runs for `image` ``[1, C, H, W]`` (the first of the batch).
+
+    `graph` is `image`'s analysis, where the caller has it already.
+    """
     try:
-        g = analyse(model_fn, image)  # type: ignore[arg-type]
+        g = graph if graph is not None else analyse(model_fn, image)  # type: ignore[arg-type]
     except Unsupported as error:
         return EnginePlan("batched", str(error), positions=len(grid)), None
     geo = _prepare(g, grid, goal, None)
@@ -643,15 +651,15 @@ def explain_engine(
     how many occluders the incremental engine evaluates, and the cost model's predictions.
 
     >>> import torch, occlens as ol
-    >>> from occlens._incremental import explain_engine
     >>> x = torch.rand(3, 224, 224)
-    >>> plan = explain_engine(ol.testing.resnet18(), x, 0, window=16, stride=4)
+    >>> plan = ol.explain_engine(ol.testing.resnet18(), x, 0, window=16, stride=4)
     >>> plan.engine, plan.flops_incremental < plan.flops_full
     ('incremental', True)
-    >>> explain_engine(lambda t: t.mean((2, 3)), torch.rand(3, 8, 8), 0, window=2).reason
+    >>> ol.explain_engine(lambda t: t.mean((2, 3)), torch.rand(3, 8, 8), 0, window=2).reason
     'model_fn is not an nn.Module, so torch.fx cannot trace it'
     """
-    from ._checks import image_batch
+    from ._checks import clean_forward, image_batch
+    from ._errors import fail
     from ._fills import plan_fill
     from ._occlusion import CALL, _grid
     from ._targets import as_target
@@ -665,16 +673,27 @@ def explain_engine(
         )
     image = batch[:1]
     started = time.perf_counter()
-    with torch.no_grad():
-        clean = model_fn(image)  # type: ignore[operator]
-    too_short = _too_short_to_plan(model_fn, 1, len(grid), time.perf_counter() - started)
-    goal = as_target(target, CALL)
-    goal.check(clean, CALL)
+    clean, _ = clean_forward(model_fn, batch, "explain_engine")
+    seconds = time.perf_counter() - started
+    too_short = _too_short_to_plan(model_fn, batch.shape[0], len(grid), seconds)
+    goal = as_target(target, "explain_engine")
+    goal.check(clean, "explain_engine")
     goal = goal.resolve(clean).select(0)
-    decision, g = plan(model_fn, image, goal, grid, chunk_size)
+    try:
+        graph = analyse(model_fn, image)  # type: ignore[arg-type]
+    except GraphFailed as error:
+        raise fail(
+            "explain_engine",
+            "model_fn",
+            f"the model raised {type(error.__cause__).__name__} inside the traced graph: {error}",
+            "check that the model runs on this input",
+        ) from error
+    except Unsupported as error:
+        return EnginePlan("batched", str(error), positions=len(grid))
+    decision, g = plan(model_fn, image, goal, grid, chunk_size, graph)
     if g is not None:
         try:
-            _check_clean(g, clean)
+            _check_clean(g, clean[:1])
         except Unsupported as error:
             return EnginePlan("batched", str(error), positions=len(grid))
     if too_short and g is not None:  # the model could run incremental, but auto does not plan

@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import clean_forward, image_batch
-from ._errors import describe, fail
+from ._errors import OcclensError, describe, fail
 from ._fills import plan_fill
 from ._grid import aggregate as aggregate_deltas
 from ._incremental import _check_clean, incremental_deltas
-from ._incremental_graph import Unsupported, analyse
+from ._incremental_graph import GraphFailed, Unsupported, analyse
 from ._keys import generator
 from ._targets import as_target
 from ._types import Key, ModelFn, TargetLike
@@ -89,16 +89,15 @@ def occlusion_approximate(
     exact) and `drill` ``(factor, fraction)`` (adaptive drill-down: a grid `factor` times
     coarser first, then the given grid on the top `fraction` of positions by coarse
     ``|delta|``; None evaluates every position). The model must be an ``nn.Module`` that the
-    incremental engine runs (see `occlens._incremental.explain_engine`); otherwise this raises.
+    incremental engine runs (see `explain_engine`); otherwise this raises.
     Shapes as `occlusion`.
 
     >>> import torch, occlens as ol
-    >>> from occlens._incremental_approx import occlusion_approximate
     >>> model, x = ol.testing.tiny_cnn(), torch.rand(3, 32, 32)
     >>> exact = ol.occlusion(model, x, 1, window=8, stride=4)
-    >>> torch.allclose(occlusion_approximate(model, x, 1, window=8, stride=4), exact, atol=1e-6)
+    >>> torch.allclose(ol.occlusion_approximate(model, x, 1, window=8, stride=4), exact, atol=1e-6)
     True
-    >>> occlusion_approximate(model, x, 1, window=8, stride=4, tau=0.5, drill=(2, 0.25)).shape
+    >>> ol.occlusion_approximate(model, x, 1, window=8, stride=4, tau=0.5, drill=(2, 0.25)).shape
     torch.Size([32, 32])
     """
     from ._occlusion import _grid, _NoiseStream
@@ -124,12 +123,7 @@ def occlusion_approximate(
             g = analyse(model_fn, image)  # type: ignore[arg-type]
             _check_clean(g, clean[row : row + 1])
         except Unsupported as error:
-            raise fail(
-                CALL,
-                "model_fn",
-                f"the incremental engine cannot run this model: {error}",
-                "use occlusion(), which falls back to re-running the whole model",
-            ) from error
+            raise _cannot_run(error) from error
 
         def evaluate(which: Tensor | None, row=row, image=image, g=g) -> Tensor:
             noise = None
@@ -150,11 +144,36 @@ def occlusion_approximate(
                 which,
             )
 
-        out[row] = _drill(evaluate, grid, plan) if plan is not None else evaluate(None)
+        try:
+            out[row] = _drill(evaluate, grid, plan) if plan is not None else evaluate(None)
+        except Unsupported as error:
+            raise _cannot_run(error) from error
+        except OcclensError:
+            raise
+        except (RuntimeError, TypeError, IndexError, ValueError) as error:
+            raise _cannot_run(Unsupported(str(error)), error) from error
     if absolute:
         out = out.abs()
     heat = aggregate_deltas(out.to(clean.dtype), grid, aggregate)
     return heat[0] if single else heat
+
+
+def _cannot_run(error: Unsupported, cause: BaseException | None = None) -> Exception:
+    """The error for a model the incremental engine cannot run, naming the model's own error."""
+    if isinstance(error, GraphFailed) or cause is not None:
+        cause = cause or error.__cause__
+        return fail(
+            CALL,
+            "model_fn",
+            f"the model raised {type(cause).__name__} inside the incremental engine: {error}",
+            "check that the model runs on this input; occlusion() runs it whole",
+        )
+    return fail(
+        CALL,
+        "model_fn",
+        f"the incremental engine cannot run this model: {error}",
+        "use occlusion(), which falls back to re-running the whole model",
+    )
 
 
 def _drill(evaluate, grid, plan: tuple[int, float]) -> Tensor:
@@ -276,9 +295,8 @@ def approximation_ssim(
     approximation; choose the smallest `tau` whose SSIM meets your target (Krypton: 0.9).
 
     >>> import torch, occlens as ol
-    >>> from occlens._incremental_approx import approximation_ssim
-    >>> report = approximation_ssim(ol.testing.tiny_cnn(), torch.rand(2, 3, 32, 32), 1,
-    ...                             tau=1.0, window=8, stride=4)
+    >>> report = ol.approximation_ssim(ol.testing.tiny_cnn(), torch.rand(2, 3, 32, 32), 1,
+    ...                                tau=1.0, window=8, stride=4)
     >>> [round(s, 6) for s in report.ssim]
     [1.0, 1.0]
     """

@@ -29,11 +29,22 @@ from torch import Tensor, fx, nn
 
 from ._layers import HookedLayer, HookedTail
 
-__all__ = ["Graph", "Step", "Unsupported", "Window", "analyse"]
+__all__ = [
+    "Graph",
+    "GraphFailed",
+    "Step",
+    "Unsupported",
+    "Window",
+    "analyse",
+]
 
 
 class Unsupported(Exception):
     """The incremental engine cannot run this model exactly; the message says why."""
+
+
+class GraphFailed(Unsupported):
+    """The traced graph raised while running a node: the model's own error, or the trace's."""
 
 
 @dataclass(frozen=True)
@@ -696,7 +707,7 @@ def analyse(model: nn.Module, image: Tensor) -> Graph:
             try:
                 clean[node] = run_node(node, clean, model)
             except Exception as error:
-                raise Unsupported(f"the traced graph fails at {node.name}: {error}") from error
+                raise GraphFailed(f"the traced graph fails at {node.name}: {error}") from error
             inputs = node.all_input_nodes
             if node.op == "get_attr" or all(kinds[n] == "const" for n in inputs):
                 kinds[node] = "const"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
@@ -302,7 +303,11 @@ def _scores(
 
     def vmapped(images: Tensor) -> Tensor:
         try:
-            return vmap(score)(images)
+            with warnings.catch_warnings():
+                # torch's note to its own developers about a missing batching rule (e.g. an
+                # adaptive pool on a 1 x 1 map): the result is exact, and the user cannot act on it
+                warnings.filterwarnings("ignore", "There is a performance drop", UserWarning)
+                return vmap(score)(images)
         except OcclensError:
             raise
         except RuntimeError as error:

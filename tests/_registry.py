@@ -507,6 +507,54 @@ if "engine" in inspect.signature(ol.occlusion).parameters:
         ),
     )
 
+
+def _approximate(model, x, target, *, key=None, **chunk):
+    return ol.occlusion_approximate(
+        model, x, target, window=(3, 4), stride=2, edge="cover", tau=0.6, drill=(2, 0.5),
+        key=key, **chunk,
+    )  # fmt: skip
+
+
+def _approximation_ssim(model, x, target, *, key=None, **chunk):
+    report = ol.approximation_ssim(
+        model, x, target, window=3, stride=2, tau=0.6, drill=(2, 0.5), key=key, **chunk
+    )
+    return torch.tensor(report.ssim, dtype=torch.float64)  # a report holds Python floats
+
+
+def _explain_engine(model, x, target, *, key=None, **chunk):
+    plan = ol.explain_engine(model, x, target, window=3, stride=1, key=key, **chunk)
+    counts = [plan.flops_full, plan.flops_incremental, plan.live, plan.positions]
+    return torch.tensor(counts, dtype=torch.float64)
+
+
+if hasattr(ol, "occlusion_approximate"):
+    METHODS += (
+        Method(
+            "occlusion_approximate",
+            ("occlusion_approximate",),
+            _approximate,
+            chunk=("chunk_size", (1, 7)),
+            chunk_exact=False,  # a chunk is one batched conv per layer: its rounding differs
+        ),
+        Method(
+            "approximation_ssim",
+            ("approximation_ssim",),
+            _approximation_ssim,
+            single=False,
+            chunk=("chunk_size", (1, 7)),
+            chunk_exact=False,
+        ),
+        Method(
+            "explain_engine",
+            ("explain_engine",),
+            _explain_engine,
+            per_sample=False,
+            single=False,
+            chunk=("chunk_size", (1, 7)),
+        ),
+    )
+
 if hasattr(ol, "maximize"):
     METHODS += (
         Method("maximize", ("maximize", "reg"), _maximize, loop=_maximize_loop),

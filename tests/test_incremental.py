@@ -21,7 +21,6 @@ from torch import nn
 import occlens as ol
 from occlens import targets as T
 from occlens import testing
-from occlens._incremental import explain_engine
 
 FALLBACK = "falls back"
 
@@ -81,7 +80,7 @@ def test_unit_targets_at_alexnet_conv3_and_conv5_are_cropped_and_exact(debug_log
         batched, incremental = both(conv, x, T.unit(*unit), **options)
         assert close(incremental, batched)
         y0, x0, y1, x1 = ol.receptive_field(model, layer, 128).region(*unit[1:])
-        plan = explain_engine(conv, x, T.unit(*unit), **options)
+        plan = ol.explain_engine(conv, x, T.unit(*unit), **options)
         assert plan.live < plan.positions  # occluders outside the field are never run
         starts = range(0, 128, 15)
         rows = [i for i, r in enumerate(starts) if r >= y1 or min(r + 10, 128) <= y0]
@@ -310,14 +309,14 @@ def test_fallbacks_give_the_batched_result_and_say_why(debug_log, case, reason):
     if case == "train-mode batch norm":
         with pytest.raises(ol.OcclensError, match="training mode"):  # refused at the boundary
             ol.occlusion(model, x, target, engine="incremental", **options)
-        plan = explain_engine(model, x, target, **options)
-        assert plan.engine == "batched" and reason in plan.reason
+        with pytest.raises(ol.OcclensError, match="training mode"):
+            ol.explain_engine(model, x, target, **options)
         return
     batched, incremental = both(model, x, target, **options)
     assert torch.equal(batched, incremental)
     messages = fell_back(debug_log)
     assert messages and any(reason in m for m in messages), messages
-    plan = explain_engine(model, x, target, **options)
+    plan = ol.explain_engine(model, x, target, **options)
     assert plan.engine == "batched" and reason in plan.reason
 
 
@@ -327,13 +326,13 @@ def test_fallbacks_give_the_batched_result_and_say_why(debug_log, case, reason):
 def test_auto_picks_an_exact_engine_and_says_which(debug_log):
     small = testing.tiny_cnn().double()
     x = image(5, (3, 16, 16))
-    plan = explain_engine(small, x, 1, window=4, stride=2)
+    plan = ol.explain_engine(small, x, 1, window=4, stride=2)
     assert plan.engine in ("batched", "incremental")
     auto = ol.occlusion(small, x, 1, window=4, stride=2)
     batched = ol.occlusion(small, x, 1, window=4, stride=2, engine="batched")
     assert close(auto, batched)
     resnet, big = reference("resnet18"), image(6, (3, 224, 224))
-    plan = explain_engine(resnet, big, 0, window=16, stride=8)
+    plan = ol.explain_engine(resnet, big, 0, window=16, stride=8)
     assert plan.engine == "incremental", plan
     assert plan.flops_incremental < plan.flops_full
     with pytest.raises(ol.OcclensError, match="engine"):
@@ -342,7 +341,7 @@ def test_auto_picks_an_exact_engine_and_says_which(debug_log):
 
 def test_auto_does_not_plan_runs_too_short_to_pay_for_it(debug_log):
     model, x = testing.tiny_cnn().double(), image(9, (3, 16, 16))
-    plan = explain_engine(model, x, 1, window=8, stride=8)  # 4 occluders: microseconds batched
+    plan = ol.explain_engine(model, x, 1, window=8, stride=8)  # 4 occluders: microseconds batched
     assert plan.engine == "batched" and "too short to pay for planning" in plan.reason
     auto = ol.occlusion(model, x, 1, window=8, stride=8)
     assert torch.equal(auto, ol.occlusion(model, x, 1, window=8, stride=8, engine="batched"))
@@ -365,20 +364,20 @@ def test_model_and_input_are_untouched(debug_log):
 
 
 def test_approximate_mode_is_exact_at_tau_one_and_reports_ssim():
-    from occlens._incremental_approx import approximation_ssim, occlusion_approximate, ssim
+    from occlens._incremental_approx import ssim
 
     model, x = reference("resnet18"), image(8, (3, 40, 40))
     options = dict(window=8, stride=6, edge="cover")
     exact = ol.occlusion(model, x, 2, engine="batched", **options)
-    assert close(occlusion_approximate(model, x, 2, **options), exact)
-    rough = occlusion_approximate(model, x, 2, tau=0.4, drill=(2, 0.3), **options)
+    assert close(ol.occlusion_approximate(model, x, 2, **options), exact)
+    rough = ol.occlusion_approximate(model, x, 2, tau=0.4, drill=(2, 0.3), **options)
     assert rough.shape == exact.shape and not close(rough, exact)
     assert ssim(exact, exact) == 1.0 and -1 <= ssim(rough, exact) < 1
-    report = approximation_ssim(model, x[None], 2, tau=0.4, drill=(2, 0.3), **options)
+    report = ol.approximation_ssim(model, x[None], 2, tau=0.4, drill=(2, 0.3), **options)
     assert len(report.ssim) == 1 and abs(report.ssim[0] - ssim(rough, exact)) < 1e-9
     assert report.seconds_exact > 0 and report.seconds_approximate > 0
     for bad in (dict(tau=0.0), dict(tau=1.5), dict(drill=(0, 0.5)), dict(drill=(2, 2.0))):
         with pytest.raises(ol.OcclensError):
-            occlusion_approximate(model, x, 2, **options, **bad)
+            ol.occlusion_approximate(model, x, 2, **options, **bad)
     with pytest.raises(ol.OcclensError, match="incremental engine cannot run"):
-        occlusion_approximate(lambda t: model(t), x, 2, **options)
+        ol.occlusion_approximate(lambda t: model(t), x, 2, **options)
