@@ -59,6 +59,13 @@ class EmpiricalRF:
     * `center_of_mass`: ``(y, x)`` of `map` (its negative part ignored), in canvas pixels.
     * `effective_size`: the side of a square of the same area as the pixels at or above
       ``0.2 * map.max()`` (the threshold Zhou et al. segment units with); ``area`` is that count.
+
+    >>> import torch, occlens as ol
+    >>> model = ol.testing.tiny_cnn()
+    >>> images = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    >>> erf = ol.empirical_rf(model, "features.2", 0, images, k=3, key=0)
+    >>> erf.map.shape == erf.coverage.shape, len(erf.top.indices), erf.area > 0
+    (True, 3, True)
     """
 
     map: Tensor

@@ -25,7 +25,20 @@ FillFn = Callable[[Tensor, Tensor, "torch.Generator | None"], Tensor]
 
 @dataclass(frozen=True)
 class Uniform:
-    """Noise ``U[lo, hi)`` per pixel and channel, fresh for every occluder."""
+    """Noise ``U[lo, hi)`` per pixel and channel, fresh for every occluder.
+
+    Made by `occlens.fills.uniform`; the noise comes from the call's ``key``.
+
+    >>> import torch, occlens as ol
+    >>> fill = ol.fills.uniform(-1, 1)
+    >>> fill.lo, fill.hi
+    (-1.0, 1.0)
+    >>> model = lambda x: x.sum(dim=(1, 2, 3))[:, None]
+    >>> heat = ol.occlusion(model, torch.zeros(3, 4, 4), 0, window=2, stride=2, fill=fill, key=0)
+    >>> torch.equal(heat, ol.occlusion(model, torch.zeros(3, 4, 4), 0, window=2, stride=2,
+    ...                                fill=fill, key=0))  # same key, same noise
+    True
+    """
 
     lo: float = -1.0
     hi: float = 1.0
@@ -33,7 +46,16 @@ class Uniform:
 
 @dataclass(frozen=True)
 class Blur:
-    """The image blurred by a Gaussian of standard deviation `sigma` pixels, per channel."""
+    """The image blurred by a Gaussian of standard deviation `sigma` pixels, per channel.
+
+    Made by `occlens.fills.blur`; a constant image blurs to itself, so occluding it changes nothing.
+
+    >>> import torch, occlens as ol
+    >>> model = lambda x: x.sum(dim=(1, 2, 3))[:, None]
+    >>> heat = ol.occlusion(model, torch.ones(3, 8, 8), 0, window=4, fill=ol.fills.blur(1.0))
+    >>> ol.fills.blur(1.0).sigma, float(heat.abs().max()) < 1e-4
+    (1.0, True)
+    """
 
     sigma: float = 5.0
 

@@ -40,6 +40,16 @@ class Masked(NamedTuple):
       baseline (the region's masked image).
     * `steps`: the erosions applied to `region` to give `mask`.
     * `clean`: the score of the unmasked image.
+
+    >>> import torch, occlens as ol
+    >>> image = torch.zeros(3, 16, 16)
+    >>> image[:, 5:11, 5:11] = 1.0
+    >>> model = lambda x: x[:, :, 7:9, 7:9].mean(dim=(1, 2, 3))[:, None]
+    >>> out = ol.masked_image(model, image, 0, sigma=0.5)
+    >>> out.image.shape, out.mask.dtype, out.steps, int(out.mask.sum())
+    (torch.Size([3, 16, 16]), torch.bool, 1, 16)
+    >>> [round(score, 3) for score in out.trace.tolist()]  # a second erosion falls below keep
+    [1.0, 1.0, 0.826]
     """
 
     image: Tensor

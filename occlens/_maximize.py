@@ -48,6 +48,12 @@ class Maximized(NamedTuple):
     * `image`: the optimised image, ``[C, H, W]`` (or ``[B, C, H, W]`` for a batch).
     * `scores`: the target score before each step, ``[steps]`` (or ``[steps, B]``).
     * `score`: the target score of `image`, ``[]`` (or ``[B]``).
+
+    >>> import torch, occlens as ol
+    >>> model = lambda x: x.mean(dim=(1, 2, 3))[:, None]  # score: the mean pixel
+    >>> out = ol.maximize(model, 0, shape=(3, 8, 8), steps=5, key=0)
+    >>> out.image.shape, out.scores.shape, bool(out.score > out.scores[0])
+    (torch.Size([3, 8, 8]), torch.Size([5]), True)
     """
 
     image: Tensor

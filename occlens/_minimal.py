@@ -46,6 +46,13 @@ class Minimal(NamedTuple):
       (``curve[0]``: none). Greedy search stops when the goal is reached (``n = k``); prefix
       search scores every prefix of `order` (``n = K``).
     * `clean`, `score`: the target score of the image and of the minimal image.
+
+    >>> import torch, occlens as ol
+    >>> labels = torch.arange(4).reshape(2, 2).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    >>> model = lambda x: x[:, :, :4, :4].sum(dim=(1, 2, 3))[:, None]  # reads parcel 0
+    >>> found = ol.minimal_image(model, torch.ones(3, 8, 8), 0, segments=labels, fill=0.0)
+    >>> found.parcels.tolist(), found.order[0].item(), float(found.score), float(found.clean)
+    ([0], 0, 48.0, 48.0)
     """
 
     image: Tensor

@@ -55,6 +55,13 @@ class Regularizer:
     """A penalty ``weight * value(image)``: ``[C, H, W] -> []``, ``[B, C, H, W] -> [B]``.
 
     Build one with `occlens.reg.l1`, `l2` or `tv`; ``value`` gives the unweighted closed form.
+
+    >>> import torch
+    >>> from occlens import reg
+    >>> image = torch.tensor([[[1.0, -2.0], [0.0, 2.0]]])  # [1, 2, 2]
+    >>> penalty = reg.l1(0.5)
+    >>> penalty.kind, penalty.weight, float(penalty.value(image)), float(reg.tv(1.0).value(image))
+    ('l1', 0.5, 5.0, 10.0)
     """
 
     kind: Kind
@@ -125,7 +132,16 @@ def _signed(value: object, call: str, argument: str) -> float:
 
 @dataclass(frozen=True)
 class Blur:
-    """Preconditioner: blur each channel of the image with a Gaussian every `every` steps."""
+    """Preconditioner: blur each channel of the image with a Gaussian every `every` steps.
+
+    Made by `occlens.reg.blur` and given to `maximize` as ``precondition``.
+
+    >>> import torch
+    >>> from occlens import reg
+    >>> smooth = reg.blur(1.0, every=4)
+    >>> smooth.every, smooth(torch.ones(3, 6, 6)).allclose(torch.ones(3, 6, 6))
+    (4, True)
+    """
 
     sigma: float
     every: int = 1
@@ -170,7 +186,18 @@ def frequency_weights(
 
 @dataclass(frozen=True)
 class FourierFilter:
-    """Gradient filter: damp high spatial frequencies by ``1 / max(1, |k|^(2 factor))``."""
+    """Gradient filter: damp high spatial frequencies by ``1 / max(1, |k|^(2 factor))``.
+
+    Made by `occlens.reg.fourier` and given to `maximize` as ``gradient_filter``.
+
+    >>> import torch
+    >>> from occlens import reg
+    >>> flat = torch.ones(1, 8, 8)
+    >>> checker = (-1.0) ** (torch.arange(8)[:, None] + torch.arange(8))[None]  # the top frequency
+    >>> smooth = reg.fourier(0.5)
+    >>> smooth.factor, float(smooth(checker).abs().max()) < float(smooth(flat).abs().max())
+    (0.5, True)
+    """
 
     factor: float
 

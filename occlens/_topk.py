@@ -38,6 +38,13 @@ class TopK(NamedTuple):
     * `locations`: ``LongTensor[k, 2]``, the ``(y, x)`` of the unit that peaks in the scored
       channel of a ``[B, C, H, W]`` feature map; ``-1`` where the score has no location
       (logits, probabilities, functions).
+
+    >>> import torch, occlens as ol
+    >>> x = torch.zeros(3, 1, 2, 2)
+    >>> x[2, 0, 1, 0] = 4.0
+    >>> best = ol.top_k(lambda t: t, x, 0, k=1)  # the "feature map" is the image itself
+    >>> best.indices.tolist(), best.scores.tolist(), best.locations.tolist()
+    ([2], [4.0], [[1, 0]])
     """
 
     indices: Tensor

@@ -35,7 +35,19 @@ Key: TypeAlias = int | torch.Generator
 
 @runtime_checkable
 class Target(Protocol):
-    """Selects one score per sample: ``Tensor[B, ...] -> Tensor[B]``."""
+    """Selects one score per sample: ``Tensor[B, ...] -> Tensor[B]``.
+
+    The built-in targets of `occlens.targets` follow it, and so does any function of that shape.
+
+    >>> import torch
+    >>> from occlens import targets
+    >>> logits = torch.tensor([[1.0, 3.0], [4.0, 2.0]])
+    >>> isinstance(targets.logit(1), targets.Target), targets.logit(1)(logits).tolist()
+    (True, [3.0, 2.0])
+    >>> second_minus_first = lambda out: out[:, 1] - out[:, 0]  # a target is any such function
+    >>> isinstance(second_minus_first, targets.Target)
+    True
+    """
 
     def __call__(self, output: Tensor, /) -> Tensor: ...
 

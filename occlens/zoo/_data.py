@@ -42,6 +42,14 @@ class ShapesData(NamedTuple):
       pixels: the object covers rows ``y0 .. y1 - 1`` and columns ``x0 .. x1 - 1``.
     * `masks`: ``bool [N, S, S]``, the object's pixels.
     * `classes`: the class names, in label order.
+
+    >>> from occlens import zoo
+    >>> data = zoo.shapes_dataset(4, key=0, size=32)
+    >>> data.images.shape, data.labels.shape, data.boxes.shape, data.masks.shape
+    (torch.Size([4, 3, 32, 32]), torch.Size([4]), torch.Size([4, 4]), torch.Size([4, 32, 32]))
+    >>> all(data.masks[i, y0:y1, x0:x1].sum() == data.masks[i].sum()
+    ...     for i, (y0, x0, y1, x1) in enumerate(data.boxes.tolist()))  # each object in its box
+    True
     """
 
     images: Tensor
