@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx
-from torch.func import vmap
 
+from ._batching import quiet_vmap
 from ._fills import FillPlan
 from ._grid import Grid
 from ._incremental_geometry import Geometry, needed_regions, propagate
@@ -415,7 +415,7 @@ class _Runner:
             return goal(env[g.output])[0]  # type: ignore[arg-type]
 
         try:
-            return vmap(tail)(*pasted)
+            return quiet_vmap(tail)(*pasted)
         except RuntimeError as error:
             first = str(error).splitlines()[0]
             raise Unsupported(f"vmap cannot run the model's dense part: {first}") from error

@@ -27,7 +27,6 @@ from ._fills import plan_fill
 from ._grid import aggregate as aggregate_deltas
 from ._incremental import _check_clean, incremental_deltas
 from ._incremental_graph import GraphFailed, Unsupported, analyse
-from ._keys import generator
 from ._targets import as_target
 from ._types import Key, ModelFn, TargetLike
 
@@ -100,18 +99,14 @@ def occlusion_approximate(
     >>> ol.occlusion_approximate(model, x, 1, window=8, stride=4, tau=0.5, drill=(2, 0.25)).shape
     torch.Size([32, 32])
     """
-    from ._occlusion import _grid, _NoiseStream
+    from ._occlusion import _grid, noise_streams, occluder_rng_state
 
     batch, single = image_batch(x, CALL)
     tau = _check_tau(tau)
     plan = _check_drill(drill)
     grid = _grid(batch, window, stride, edge, aggregate, box)
     filling = plan_fill(fill, batch, CALL)
-    rng_state = None
-    if filling.is_random or key is not None:
-        rng_state = generator(
-            key, CALL, "fills.uniform" if filling.is_random else "key"
-        ).get_state()
+    streams = noise_streams(filling, occluder_rng_state(filling, key, CALL), batch, grid)
     clean, _ = clean_forward(model_fn, batch, CALL, measure=False)
     goal = as_target(target, CALL)
     goal.check(clean, CALL)
@@ -126,10 +121,7 @@ def occlusion_approximate(
             raise _cannot_run(error) from error
 
         def evaluate(which: Tensor | None, row=row, image=image, g=g) -> Tensor:
-            noise = None
-            if filling.noise is not None and rng_state is not None:
-                shape = (batch.shape[1], *grid.window)
-                noise = _NoiseStream(rng_state, shape, filling.noise.lo, filling.noise.hi, batch)
+            noise = streams() if streams is not None else None
             return incremental_deltas(
                 g,
                 image,

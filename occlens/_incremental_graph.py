@@ -488,35 +488,14 @@ class _Builder:
             def apply_max(u: Tensor) -> Tensor:
                 return F.max_pool2d(u, k, s, 0, d)
 
-            return Step(
-                node,
-                "window",
-                (source,),
-                size,
-                channels,
-                window,
-                -math.inf,
-                apply_max,
-                flops=float(k[0] * k[1] * channels),
-            )
+            return _pool_step(node, source, size, channels, window, -math.inf, apply_max, k)
         window = _window(k, s, (1, 1), p, p, inp.shape[2:], size)
         divisor = _avg_divisor(module, inp.shape[2:], inp.dtype).to(inp.device)
 
         def apply_avg(u: Tensor) -> Tensor:
             return F.avg_pool2d(u, k, s, 0, divisor_override=1)
 
-        return Step(
-            node,
-            "window",
-            (source,),
-            size,
-            channels,
-            window,
-            0.0,
-            apply_avg,
-            divisor,
-            flops=float(k[0] * k[1] * channels),
-        )
+        return _pool_step(node, source, size, channels, window, 0.0, apply_avg, k, divisor)
 
     def _adaptive(self, node, source, module, size, channels) -> Step:
         inp = self.clean[source]
@@ -530,32 +509,12 @@ class _Builder:
             def apply_max(u: Tensor) -> Tensor:
                 return F.max_pool2d(u, k, k)
 
-            return Step(
-                node,
-                "window",
-                (source,),
-                size,
-                channels,
-                window,
-                -math.inf,
-                apply_max,
-                flops=float(k[0] * k[1] * channels),
-            )
+            return _pool_step(node, source, size, channels, window, -math.inf, apply_max, k)
 
         def apply_avg(u: Tensor) -> Tensor:
             return F.avg_pool2d(u, k, k)
 
-        return Step(
-            node,
-            "window",
-            (source,),
-            size,
-            channels,
-            window,
-            0.0,
-            apply_avg,
-            flops=float(k[0] * k[1] * channels),
-        )
+        return _pool_step(node, source, size, channels, window, 0.0, apply_avg, k)
 
     def _pointwise(self, node, source, fn, size, channels) -> Step:
         return Step(node, "pointwise", (source,), size, channels, apply=fn, flops=float(channels))
@@ -650,6 +609,24 @@ class _Builder:
             return node.target(*args, **kwargs)  # type: ignore[operator]
 
         return Step(node, "merge", tuple(sources), size, channels, apply=fn, flops=float(channels))
+
+
+def _pool_step(
+    node: fx.Node,
+    source: fx.Node,
+    size: tuple[int, int],
+    channels: int,
+    window: Window,
+    pad_value: float,
+    apply: Callable[[Tensor], Tensor],
+    kernel: tuple[int, int],
+    divisor: Tensor | None = None,
+) -> Step:
+    """A pooling step: `apply` on the patch padded with `pad_value` (-inf for max, 0 for sums)."""
+    flops = float(kernel[0] * kernel[1] * channels)
+    return Step(
+        node, "window", (source,), size, channels, window, pad_value, apply, divisor, flops=flops
+    )
 
 
 def _window(k, s, d, lo, hi, n_in, n_out) -> Window:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 from torch.func import vmap
 
+from ._batching import quiet_vmap
 from ._checks import clean_forward, image_batch, optional_positive_int, positive_pair
 from ._errors import OcclensError, describe, fail
 from ._fills import FillPlan, plan_fill
@@ -112,11 +112,7 @@ def occlusion(
     n = batch.shape[0]
     grid = _grid(batch, window, stride, edge, aggregate, box)
     plan = plan_fill(fill, batch, CALL)
-    if plan.is_random or key is not None:
-        rng = generator(key, CALL, "fills.uniform" if plan.is_random else "key")
-        rng_state = rng.get_state()
-    else:
-        rng_state = None
+    rng_state = occluder_rng_state(plan, key, CALL)
     optional_positive_int(chunk_size, CALL, "chunk_size")
     optional_positive_int(memory_budget, CALL, "memory_budget")
     _check_flags(absolute, progress)
@@ -156,15 +152,28 @@ def _incremental(
     """Deltas from the incremental engine, or None where the batched engine must run."""
     from ._incremental import run_incremental
 
-    noise_for_row = None
-    if plan.noise is not None and rng_state is not None:
-        shape = (batch.shape[1], *grid.window)
-        lo, hi = plan.noise.lo, plan.noise.hi
-        noise_for_row = lambda: _NoiseStream(rng_state, shape, lo, hi, batch)  # noqa: E731
     return run_incremental(
-        model_fn, batch, clean, goal, plan, grid, chunk_size, noise_for_row, engine, advance,
-        clean_seconds,
+        model_fn, batch, clean, goal, plan, grid, chunk_size,
+        noise_streams(plan, rng_state, batch, grid), engine, advance, clean_seconds,
     )  # fmt: skip
+
+
+def occluder_rng_state(plan: FillPlan, key: Key | None, call: str) -> Tensor | None:
+    """The generator state that occluder noise and fill functions start from; None if unused."""
+    if not (plan.is_random or key is not None):
+        return None
+    return generator(key, call, "fills.uniform" if plan.is_random else "key").get_state()
+
+
+def noise_streams(
+    plan: FillPlan, rng_state: Tensor | None, batch: Tensor, grid: Grid
+) -> Callable[[], _NoiseStream] | None:
+    """A maker of fresh occluder-noise streams, one per image row; None without noise."""
+    noise = plan.noise
+    if noise is None or rng_state is None:
+        return None
+    shape = (batch.shape[1], *grid.window)
+    return lambda: _NoiseStream(rng_state, shape, noise.lo, noise.hi, batch)
 
 
 def _grid(batch: Tensor, window, stride, edge, how, box) -> Grid:
@@ -303,11 +312,7 @@ def _scores(
 
     def vmapped(images: Tensor) -> Tensor:
         try:
-            with warnings.catch_warnings():
-                # torch's note to its own developers about a missing batching rule (e.g. an
-                # adaptive pool on a 1 x 1 map): the result is exact, and the user cannot act on it
-                warnings.filterwarnings("ignore", "There is a performance drop", UserWarning)
-                return vmap(score)(images)
+            return quiet_vmap(score)(images)
         except OcclensError:
             raise
         except RuntimeError as error:
