@@ -17,6 +17,7 @@ from ._fills import plan_fill
 from ._gradients import score_gradient
 from ._memory import backward_copies
 from ._progress import progress as progress_bar
+from ._stem import linear_stem
 from ._targets import as_target
 from ._types import Key, ModelFn, TargetLike
 
@@ -72,7 +73,9 @@ def integrated_gradients(
     ``"mean"`` or ``fills.blur(sigma)``. `method` is Captum's: ``"gausslegendre"`` (its default)
     or ``"riemann_left" | "riemann_right" | "riemann_middle" | "riemann_trapezoid"``. `chunk_size`
     bounds the integration points per forward/backward pass (by default from `memory_budget`).
-    A `peak` target is resolved on `x`. `key` is accepted for composition and unused.
+    A `peak` target is resolved on `x`. `key` is accepted for composition and unused. Where the
+    input reaches the model only through a linear first layer (AlexNet, VGG, ResNet), the
+    gradients are summed at that layer's output and pulled back through it once.
 
     Shapes: ``x [C, H, W] -> [C, H, W]``, ``x [B, C, H, W] -> [B, C, H, W]``.
 
@@ -101,19 +104,23 @@ def integrated_gradients(
     goal = goal.resolve(clean)
     per_call = chunk_size or backward_copies(allocated, batch, memory_budget)
     path = batch - start
-    total = torch.zeros_like(batch, dtype=torch.float64)
+    stem = linear_stem(model_fn, batch, CALL)
+    total = torch.zeros((), dtype=torch.float64, device=batch.device)
     with progress_bar(steps, CALL, progress) as advance:
         for first in range(0, steps, per_call):
             alphas = points[first : first + per_call].to(batch.dtype).to(batch.device)
             count = alphas.shape[0]
-            inputs = start + alphas.view(-1, 1, 1, 1, 1) * path
-            grads, _, _ = score_gradient(
-                model_fn, inputs.reshape(-1, *batch.shape[1:]), goal.tile(count), CALL
-            )
+            inputs = (start + alphas.view(-1, 1, 1, 1, 1) * path).reshape(-1, *batch.shape[1:])
+            if stem is not None:  # gradients at the stem's output, pulled back once at the end
+                grads = stem.gradient(stem.forward(inputs), goal.tile(count), CALL)
+            else:
+                grads, _, _ = score_gradient(model_fn, inputs, goal.tile(count), CALL)
             # The weighted sum over this chunk's points is one matrix-vector product; the chunks
             # are summed in float64.
             w = weights[first : first + per_call].to(grads.dtype).to(batch.device)
-            total += (w @ grads.reshape(count, -1)).view(batch.shape)
+            total = total + (w @ grads.reshape(count, -1)).view(-1, *grads.shape[1:])
             advance(count)
-    result = (total * path.double()).to(batch.dtype)
+    if stem is not None:
+        total = stem.pull_back(total, batch)
+    result = (total.double() * path.double()).to(batch.dtype)
     return result[0] if single else result

@@ -21,8 +21,10 @@ from torch import Tensor
 from ._checks import clean_forward, image_batch, optional_positive_int
 from ._combine import call_method, derive_key
 from ._errors import describe, fail
+from ._gradients import saliency
 from ._keys import generator
 from ._memory import backward_copies
+from ._stem import LinearStem, linear_stem
 from ._targets import TargetBase, as_target
 from ._types import AttributionFn, Key, Transform
 
@@ -57,6 +59,14 @@ def _plan(
     goal.check(clean, CALL)
     goal = goal.resolve(clean)
     return goal, chunk_size or min(n, backward_copies(allocated, batch, None))
+
+
+def _stem(method, options: dict, kind: str, model_fn, batch: Tensor) -> LinearStem | None:
+    """The model's linear stem, where the mean of saliency maps can be pulled back through it
+    once (see `occlens._stem`); None for other methods and kinds (not linear in the gradient)."""
+    if method is not saliency or kind != "mean" or any(v is not None for v in options.values()):
+        return None
+    return linear_stem(model_fn, batch, CALL)
 
 
 def _accumulate(
@@ -107,6 +117,8 @@ def smoothgrad(
     copies per call of the method (by default from the memory budget, as if each copy cost one
     forward and backward pass; the same key gives the same noise either way). Under ``vmap`` of
     a whole pipeline, pass ``randomness="same"``: every image then gets the noise it gets alone.
+    The mean of `saliency` maps is summed at the output of a linear first layer, where the model
+    has one, and pulled back through it once (see ``integrated_gradients``).
 
     >>> import torch, occlens as ol
     >>> smooth = ol.smoothgrad(n=8, sigma=0.1)(ol.saliency)
@@ -129,6 +141,7 @@ def smoothgrad(
             rng = generator(key, CALL, "the noise")
             inner_key = derive_key(rng)
             goal, step = _plan(model_fn, batch, target, chunk_size, n)
+            stem = _stem(method, options, kind, model_fn, batch)
             scale = sigma * (batch.amax(dim=(1, 2, 3)) - batch.amin(dim=(1, 2, 3)))
             scale = scale.view(-1, 1, 1, 1)
             state = None
@@ -139,12 +152,18 @@ def smoothgrad(
                     draw.normal_(generator=rng)
                 noise = noise.to(dtype=batch.dtype, device=batch.device)
                 noisy = (batch + scale * noise).reshape(-1, *batch.shape[1:])
-                maps = call_method(
-                    method, model_fn, noisy, goal.tile(copies), key=inner_key, **options
-                )
+                if stem is not None:
+                    maps = stem.gradient(stem.forward(noisy), goal.tile(copies), CALL)
+                else:
+                    maps = call_method(
+                        method, model_fn, noisy, goal.tile(copies), key=inner_key, **options
+                    )
                 maps = maps.reshape(copies, batch.shape[0], *maps.shape[1:])
                 for copy in maps:
                     state = _accumulate(state, copy, kind)
+            if stem is not None:  # the mean of the stem's output gradients, pulled back once
+                maps = stem.pull_back(_result(state, kind), batch)
+                return maps[0] if single else maps
             result = _result(state, kind).to(maps.dtype)
             return result[0] if single else result
 

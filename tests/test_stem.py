@@ -1,0 +1,233 @@
+"""The linear-stem shortcut of integrated_gradients and SmoothGrad-of-saliency.
+
+References are independent of occlens's path: a plain loop of ``torch.autograd.grad`` over the
+interpolated or noisy images, weighted by hand; and occlens with the shortcut switched off.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import occlens as ol
+import occlens._integrated as integrated_module
+import occlens._smoothgrad as smoothgrad_module
+from occlens import testing
+from occlens._combine import derive_key
+from occlens._stem import linear_stem
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
+
+
+def images(batch: int, size: int, seed: int) -> torch.Tensor:
+    rng = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, size, size, generator=rng, dtype=torch.float64)
+
+
+def input_gradient(model, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    leaf = x.detach().requires_grad_()
+    (gradient,) = torch.autograd.grad(model(leaf)[torch.arange(len(x)), target].sum(), leaf)
+    return gradient
+
+
+def ig_loop(model, x, target, baseline, steps):
+    """Gauss-Legendre IG, one autograd call per integration point."""
+    nodes, weights = np.polynomial.legendre.leggauss(steps)
+    total = torch.zeros_like(x)
+    for node, weight in zip(0.5 * (nodes + 1), 0.5 * weights, strict=True):
+        total += weight * input_gradient(model, baseline + node * (x - baseline), target)
+    return total * (x - baseline)
+
+
+@pytest.fixture
+def no_stem(monkeypatch):
+    """Switch the shortcut off: every gradient goes through the model's input."""
+    monkeypatch.setattr(integrated_module, "linear_stem", lambda *args: None)
+    monkeypatch.setattr(smoothgrad_module, "linear_stem", lambda *args: None)
+
+
+# --- which models have a stem ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "stem"), [("alexnet", "features.0"), ("resnet18", "conv1"), ("vgg16", "features.0")]
+)
+def test_reference_architectures_have_a_linear_stem(name, stem):
+    model, x = getattr(testing, name)(), torch.rand(1, 3, 32, 32)
+    assert linear_stem(model, x, "test").name == stem
+    assert linear_stem(ol.guided(model), x, "test").name == stem
+
+
+class InputSkip(nn.Module):
+    """The input also reaches the output past the first convolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.head = nn.Linear(3, 4)
+
+    def forward(self, x):
+        return self.head((torch.relu(self.conv(x)) * x).mean(dim=(2, 3)))
+
+
+class Squared(nn.Conv2d):
+    def forward(self, x):
+        return super().forward(x) ** 2
+
+
+class Twice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.head = nn.Linear(3, 4)
+
+    def forward(self, x):
+        return self.head(self.conv(torch.relu(self.conv(x))).mean(dim=(2, 3)))
+
+
+class Branching(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.head = nn.Linear(3, 4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.sum() > 0:
+            y = torch.relu(y)
+        return self.head(y.mean(dim=(2, 3)))
+
+
+def squaring_stem() -> nn.Module:
+    return nn.Sequential(Squared(3, 4, 3), nn.Flatten(), nn.LazyLinear(4))
+
+
+@pytest.mark.parametrize("make", [InputSkip, Twice, Branching, squaring_stem])
+def test_no_stem_where_the_input_is_not_read_through_one_linear_layer(make):
+    model, x = make().double(), images(2, 8, seed=0)
+    model(x)  # materialise lazy layers
+    assert linear_stem(model, x, "test") is None
+    target = torch.tensor([0, 3])
+    ours = ol.integrated_gradients(model, x, target, steps=5)
+    torch.testing.assert_close(ours, ig_loop(model, x, target, torch.zeros_like(x), 5))
+
+
+def test_no_stem_for_functions_transforms_and_differentiated_inputs():
+    model, x = testing.tiny_cnn().double(), images(2, 8, seed=0)
+    assert linear_stem(lambda v: model(v), x, "test") is None
+    assert linear_stem(model, x.clone().requires_grad_(), "test") is None
+    found = torch.func.vmap(lambda v: torch.tensor(linear_stem(model, v[None], "t") is None))(x)
+    assert found.all()
+
+
+def test_a_hook_on_the_first_layer_turns_the_shortcut_off_and_still_applies():
+    model, x, target = testing.tiny_cnn().double(), images(2, 12, seed=3), torch.tensor([1, 2])
+    handle = model.features[0].register_forward_hook(lambda module, args, out: out**2)
+    try:
+        assert linear_stem(model, x, "test") is None
+        ours = ol.integrated_gradients(model, x, target, steps=6)
+        torch.testing.assert_close(ours, ig_loop(model, x, target, torch.zeros_like(x), 6))
+    finally:
+        handle.remove()
+
+
+# --- the shortcut computes the same numbers ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tiny_cnn", "alexnet", "resnet18"])
+def test_integrated_gradients_through_the_stem_equal_the_loop(name):
+    model = getattr(testing, name)().double()
+    x, baseline = images(2, 64, seed=5), images(1, 64, seed=6)
+    target = torch.tensor([2, 0])
+    assert linear_stem(model, x, "test") is not None
+    ours = ol.integrated_gradients(model, x, target, baseline=baseline[0], steps=9, chunk_size=4)
+    expected = ig_loop(model, x, target, baseline.expand_as(x), 9)
+    assert rel(ours, expected) < 1e-10
+
+
+@pytest.mark.parametrize("rule", ["vanilla", "guided"])
+def test_smoothgrad_through_the_stem_equals_the_loop(rule):
+    """The noise drawn as documented (one draw per copy, scaled per image), averaged by hand."""
+    model = testing.alexnet().double()
+    model_fn = ol.guided(model) if rule == "guided" else model
+    x, n, sigma, target = images(2, 64, seed=8), 5, 0.2, torch.tensor([1, 3])
+    rng = torch.Generator().manual_seed(11)
+    derive_key(rng)  # the transform first derives its inner key
+    scale = sigma * (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3))).view(-1, 1, 1, 1)
+    maps = [
+        ol.saliency(model_fn, x + scale * torch.randn(x.shape[1:], generator=rng).double(), target)
+        for _ in range(n)
+    ]
+    expected = torch.stack(maps).mean(0)
+    ours = ol.smoothgrad(n=n, sigma=sigma, chunk_size=2)(ol.saliency)(model_fn, x, target, key=11)
+    assert rel(ours, expected) < 1e-10
+
+
+@pytest.mark.parametrize("name", ["alexnet", "resnet18"])
+def test_float32_results_match_the_path_without_the_shortcut(name, request):
+    model, x = getattr(testing, name)(), images(2, 96, seed=2).float()
+    target = torch.tensor([4, 7])
+    smooth = ol.smoothgrad(n=6, sigma=0.15)(ol.saliency)
+    with_stem = (
+        ol.integrated_gradients(model, x, target, steps=8),
+        smooth(model, x, target, key=0),
+    )
+    request.getfixturevalue("no_stem")
+    without = (ol.integrated_gradients(model, x, target, steps=8), smooth(model, x, target, key=0))
+    for ours, plain in zip(with_stem, without, strict=True):
+        assert rel(ours, plain) < 1e-5  # the same forward passes; sums in another order
+
+
+def test_other_smoothgrad_kinds_and_methods_do_not_take_the_shortcut(monkeypatch):
+    calls = []
+    monkeypatch.setattr(smoothgrad_module, "linear_stem", lambda *a: calls.append(a))
+    model, x = testing.tiny_cnn(), images(1, 16, seed=0).float()
+    ol.smoothgrad(n=2, kind="square")(ol.saliency)(model, x, 0, key=0)
+    ol.smoothgrad(n=2)(ol.input_x_gradient)(model, x, 0, key=0)
+    ol.smoothgrad(n=2)(ol.saliency)(model, x, 0, key=0, at="features.0")
+    assert calls == []
+    ol.smoothgrad(n=2)(ol.saliency)(model, x, 0, key=0)
+    assert len(calls) == 1
+
+
+@st.composite
+def stems(draw):
+    """A random first layer that is linear in its input, followed by a small nonlinear rest."""
+    if draw(st.booleans()):
+        out = draw(st.integers(1, 4))
+        layer = nn.Conv2d(
+            3,
+            out,
+            kernel_size=draw(st.integers(1, 4)),
+            stride=draw(st.integers(1, 3)),
+            padding=draw(st.integers(0, 2)),
+            dilation=draw(st.integers(1, 2)),
+            bias=draw(st.booleans()),
+            padding_mode=draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"])),
+        )
+        rest = [nn.ReLU(inplace=draw(st.booleans())), nn.AdaptiveMaxPool2d(2), nn.Flatten()]
+        features = 4 * out
+    else:
+        layer, rest, features = nn.Linear(8, 5), [nn.Tanh(), nn.Flatten()], 3 * 8 * 5
+    torch.manual_seed(draw(st.integers(0, 2**16)))
+    return nn.Sequential(layer, *rest, nn.Linear(features, 3)).double()
+
+
+@given(model=stems(), steps=st.integers(1, 6), chunk=st.integers(1, 6), seed=st.integers(0, 99))
+@settings(max_examples=25, deadline=None)
+def test_any_linear_stem_gives_the_loops_integrated_gradients(model, steps, chunk, seed):
+    x, baseline = images(2, 8, seed), images(2, 8, seed + 1)
+    target = torch.tensor([0, 2])
+    assert linear_stem(model, x, "test") is not None
+    ours = ol.integrated_gradients(
+        model, x, target, baseline=baseline, steps=steps, chunk_size=chunk
+    )
+    torch.testing.assert_close(ours, ig_loop(model, x, target, baseline, steps))
