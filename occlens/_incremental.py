@@ -579,6 +579,7 @@ def run_incremental(
                 log.debug("occlens: occlusion runs the batched engine: %s", too_short)
                 return None
         out = torch.empty(batch.shape[0], len(grid), dtype=clean.dtype, device=clean.device)
+        g = None
         for row in range(batch.shape[0]):
             image = batch[row : row + 1]
             target = goal.select(row)
@@ -587,8 +588,8 @@ def run_incremental(
                 if decision.engine != "incremental" or g is None:
                     log.debug("occlens: occlusion runs the batched engine: %s", decision.reason)
                     return None
-            else:
-                g = analyse(model_fn, image)  # type: ignore[arg-type]
+            else:  # the first image's trace serves the others
+                g = analyse(model_fn, image, like=g)  # type: ignore[arg-type]
             _check_clean(g, clean[row : row + 1])
             noise = noise_for_row() if noise_for_row is not None else None
             deltas = incremental_deltas(

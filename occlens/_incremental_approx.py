@@ -112,10 +112,11 @@ def occlusion_approximate(
     goal.check(clean, CALL)
     goal = goal.resolve(clean)
     out = torch.empty(batch.shape[0], len(grid), dtype=torch.float64, device=batch.device)
+    g = None
     for row in range(batch.shape[0]):
         image = batch[row : row + 1]
         try:
-            g = analyse(model_fn, image)  # type: ignore[arg-type]
+            g = analyse(model_fn, image, like=g)  # type: ignore[arg-type]
             _check_clean(g, clean[row : row + 1])
         except Unsupported as error:
             raise _cannot_run(error) from error

@@ -653,8 +653,8 @@ def _avg_divisor(module: nn.AvgPool2d, n_in, dtype) -> Tensor:
 # ---------------------------------------------------------------- analysis
 
 
-def analyse(model: nn.Module, image: Tensor) -> Graph:
-    """Trace `model`, run the clean `image` ``[1, C, H, W]`` through it and classify the nodes."""
+def _traced(model: nn.Module) -> tuple[fx.Graph, list[fx.Node], fx.Node, fx.Node]:
+    """The model's functionalised graph, its live nodes, its output and its input node."""
     if not isinstance(model, nn.Module):
         raise Unsupported("model_fn is not an nn.Module, so torch.fx cannot trace it")
     for where, module in model.named_modules():
@@ -668,7 +668,19 @@ def analyse(model: nn.Module, image: Tensor) -> Graph:
     placeholders = [n for n in nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise Unsupported("the model's forward takes more than one input")
-    (inp,) = placeholders
+    return graph, nodes, result, placeholders[0]
+
+
+def analyse(model: nn.Module, image: Tensor, like: Graph | None = None) -> Graph:
+    """Trace `model`, run the clean `image` ``[1, C, H, W]`` through it and classify the nodes.
+
+    `like`, the analysis of another image of the same call, lends its trace: only the clean pass
+    and the classification run again.
+    """
+    if like is not None:
+        graph, nodes, result, inp = like.graph, like.nodes, like.output, like.input
+    else:
+        graph, nodes, result, inp = _traced(model)
     clean: dict[fx.Node, object] = {}
     kinds: dict[fx.Node, str] = {}
     steps: dict[fx.Node, Step] = {}

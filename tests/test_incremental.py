@@ -381,3 +381,15 @@ def test_approximate_mode_is_exact_at_tau_one_and_reports_ssim():
             ol.occlusion_approximate(model, x, 2, **options, **bad)
     with pytest.raises(ol.OcclensError, match="incremental engine cannot run"):
         ol.occlusion_approximate(lambda t: model(t), x, 2, **options)
+
+
+def test_approximate_mode_on_a_batch_equals_each_image_alone():
+    """Rows after the first reuse the first row's trace; each must still see its own image."""
+    model, xs = reference("resnet18"), image(9, (3, 3, 40, 40))
+    options = dict(window=8, stride=6, edge="cover", tau=0.5, drill=(2, 0.3))
+    together = ol.occlusion_approximate(model, xs, torch.tensor([2, 0, 5]), **options)
+    for row, target in enumerate([2, 0, 5]):
+        alone = ol.occlusion_approximate(model, xs[row], target, **options)
+        torch.testing.assert_close(together[row], alone, rtol=0, atol=1e-12)
+    exact = ol.occlusion(model, xs, 1, engine="batched", window=8, stride=6, edge="cover")
+    assert close(ol.occlusion_approximate(model, xs, 1, window=8, stride=6, edge="cover"), exact)
