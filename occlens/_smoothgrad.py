@@ -144,7 +144,7 @@ def smoothgrad(
             stem = _stem(method, options, kind, model_fn, batch)
             scale = sigma * (batch.amax(dim=(1, 2, 3)) - batch.amin(dim=(1, 2, 3)))
             scale = scale.view(-1, 1, 1, 1)
-            state = None
+            state, total = None, None
             for start in range(0, n, step):
                 copies = min(step, n - start)
                 noise = torch.empty((copies, 1, *batch.shape[1:]), dtype=torch.float32)
@@ -152,17 +152,19 @@ def smoothgrad(
                     draw.normal_(generator=rng)
                 noise = noise.to(dtype=batch.dtype, device=batch.device)
                 noisy = (batch + scale * noise).reshape(-1, *batch.shape[1:])
-                if stem is not None:
-                    maps = stem.gradient(stem.forward(noisy), goal.tile(copies), CALL)
-                else:
-                    maps = call_method(
-                        method, model_fn, noisy, goal.tile(copies), key=inner_key, **options
-                    )
+                if stem is not None:  # gradients at the stem's output, summed in float64
+                    grads = stem.gradient(stem.forward(noisy), goal.tile(copies), CALL)
+                    part = grads.view(copies, -1, *grads.shape[1:]).sum(0, dtype=torch.float64)
+                    total = part if total is None else total + part
+                    continue
+                maps = call_method(
+                    method, model_fn, noisy, goal.tile(copies), key=inner_key, **options
+                )
                 maps = maps.reshape(copies, batch.shape[0], *maps.shape[1:])
                 for copy in maps:
                     state = _accumulate(state, copy, kind)
-            if stem is not None:  # the mean of the stem's output gradients, pulled back once
-                maps = stem.pull_back(_result(state, kind), batch)
+            if stem is not None:  # the mean gradient at the stem's output, pulled back once
+                maps = stem.pull_back(total / n, batch)
                 return maps[0] if single else maps
             result = _result(state, kind).to(maps.dtype)
             return result[0] if single else result
