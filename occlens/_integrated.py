@@ -118,7 +118,7 @@ def integrated_gradients(
             # The weighted sum over this chunk's points is one matrix-vector product; the chunks
             # are summed in float64.
             w = weights[first : first + per_call].to(grads.dtype).to(batch.device)
-            total = total + (w @ grads.reshape(count, -1)).view(-1, *grads.shape[1:])
+            total = total + (w @ grads.reshape(count, -1)).double().view(-1, *grads.shape[1:])
             advance(count)
     if stem is not None:
         total = stem.pull_back(total, batch)

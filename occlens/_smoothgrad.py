@@ -154,7 +154,7 @@ def smoothgrad(
                 noisy = (batch + scale * noise).reshape(-1, *batch.shape[1:])
                 if stem is not None:  # gradients at the stem's output, summed in float64
                     grads = stem.gradient(stem.forward(noisy), goal.tile(copies), CALL)
-                    part = grads.view(copies, -1, *grads.shape[1:]).sum(0, dtype=torch.float64)
+                    part = grads.reshape(copies, -1, *grads.shape[1:]).sum(0, dtype=torch.float64)
                     total = part if total is None else total + part
                     continue
                 maps = call_method(
