@@ -24,7 +24,32 @@ from ._rewire import Rewired
 from ._targets import TargetBase, as_target
 from ._types import Key, ModelFn, TargetLike
 
-__all__ = ["input_x_gradient", "saliency", "score_gradient", "transformed"]
+__all__ = [
+    "autograd_leaf",
+    "input_x_gradient",
+    "require_autograd",
+    "saliency",
+    "score_gradient",
+    "transformed",
+]
+
+
+def require_autograd(call: str, argument: str = "x") -> None:
+    """Refuse a gradient method called inside ``torch.inference_mode()``, which records nothing."""
+    if torch.is_inference_mode_enabled():
+        raise fail(
+            call,
+            argument,
+            "called inside torch.inference_mode(), where no gradient can be recorded",
+            "call it outside the inference_mode block (torch.no_grad() around it is fine: occlens "
+            "turns gradients on where it needs them)",
+        )
+
+
+def autograd_leaf(point: Tensor) -> Tensor:
+    """A leaf holding `point`'s values that records gradients. An inference tensor (one made
+    under ``torch.inference_mode()``) cannot record them, so it is copied."""
+    return (point.clone() if point.is_inference() else point.detach()).requires_grad_()
 
 
 def _split(model_fn: ModelFn, at: str, call: str) -> tuple[ModelFn, Callable]:
@@ -81,7 +106,10 @@ def score_gradient(
     target as resolved on this forward pass. The model sees a copy of the point, so a model that
     writes into its input in place neither fails nor changes the caller's tensor.
     """
+    require_autograd(call)
     check_model(model_fn, inputs, call)
+    if inputs.is_inference():  # it could not enter a computation that autograd records
+        inputs = inputs.clone()
     if at is None:
         point, function = inputs, model_fn
     else:
@@ -112,7 +140,7 @@ def _eager_gradient(
     Custom ``autograd.Function`` backward rules (guided, deconvnet) cost noticeably more under
     ``torch.func.vjp`` than under plain autograd.
     """
-    leaf = point.detach().requires_grad_()
+    leaf = autograd_leaf(point)
     with torch.enable_grad(), model_errors(call, inputs):
         output = function(leaf.clone())
     check_output(output, inputs, call)

@@ -14,7 +14,7 @@ from torch import Tensor
 from ._checks import clean_forward, image_batch, optional_positive_int
 from ._errors import describe, fail
 from ._fills import plan_fill
-from ._gradients import score_gradient
+from ._gradients import require_autograd, score_gradient
 from ._memory import backward_copies
 from ._progress import progress as progress_bar
 from ._stem import linear_stem
@@ -86,6 +86,7 @@ def integrated_gradients(
     (tensor([[[1., 4.]]]), 5.0)
     """
     batch, single = image_batch(x, CALL)
+    require_autograd(CALL)
     points, weights = integration_points(method, steps)
     plan = plan_fill(baseline, batch, CALL, argument="baseline")
     if plan.static is None:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ._checks import check_model, check_model_fn, check_output, image_batch, model_errors
 from ._errors import describe, fail
+from ._gradients import require_autograd
 from ._keys import generator
 from ._layers import split_at
 from ._progress import progress as progress_bar
@@ -147,6 +148,7 @@ def maximize(
         progress=progress,
         jitter=jitter,
     )
+    require_autograd(CALL, "model_fn")
     model = _truncated(model_fn, layer)
     start, single = _start(model_fn, init, shape, spec.value_range)
     rng = None

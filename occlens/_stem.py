@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from ._checks import check_output, model_errors
-from ._gradients import _differentiated, _resolved, transformed
+from ._gradients import _differentiated, _resolved, autograd_leaf, transformed
 from ._layers import _trace, split_at
 from ._rewire import Rewired
 from ._targets import TargetBase
@@ -55,7 +55,7 @@ class LinearStem:
 
     def gradient(self, activation: Tensor, target: TargetBase, call: str) -> Tensor:
         """``d sum_b score_b / d activation`` for a batch of stem outputs."""
-        leaf = activation.detach().requires_grad_()
+        leaf = autograd_leaf(activation)
         # The tail starts with a copy of its input (see `split_at`), so in-place layers after the
         # stem cannot write into the leaf.
         with torch.enable_grad(), model_errors(call, activation):
@@ -67,7 +67,7 @@ class LinearStem:
     def pull_back(self, cotangent: Tensor, inputs: Tensor) -> Tensor:
         """``L^T cotangent``: the input gradient, shaped like `inputs`, that the stem's output
         gradient `cotangent` stands for."""
-        leaf = inputs.detach().requires_grad_()
+        leaf = autograd_leaf(inputs)
         with torch.enable_grad():
             output = self.layer(leaf)
             (gradient,) = torch.autograd.grad(output, leaf, cotangent.to(output.dtype))
@@ -90,7 +90,7 @@ def linear_stem(model_fn: object, inputs: Tensor, call: str) -> LinearStem | Non
     `inputs` is the batch the call explains: a caller differentiating it, or a ``torch.func``
     transform around the call, rules the shortcut out.
     """
-    if transformed() or _differentiated(inputs):
+    if transformed() or _differentiated(inputs) or torch.is_inference_mode_enabled():
         return None
     inner = model_fn.model if isinstance(model_fn, Rewired) else model_fn
     if not isinstance(inner, nn.Module):

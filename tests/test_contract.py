@@ -371,3 +371,31 @@ def test_the_model_is_untouched_after_it_raises(method, when):
     if method.train_policy != "user":  # layer(...)(x) is the user's own call of the model
         assert isinstance(error, ol.OcclensError), f"{type(error).__name__}: {error}"
         assert "the model raised Boom" in str(error), str(error)
+
+
+@pytest.mark.parametrize("method", cells())
+def test_an_inference_tensor_input_gives_the_same_result(method):
+    """Images preprocessed under torch.inference_mode() are inference tensors, which cannot
+    require grad: gradient methods must copy them rather than fail."""
+    model, x, target = setup(method)
+    expected = call(method, model, x, target)
+    with torch.inference_mode():
+        frozen = x.clone()
+    assert_same(call(method, model, frozen, target), expected, exact=True)
+
+
+@pytest.mark.parametrize("method", cells())
+def test_inside_inference_mode_it_runs_or_says_why(method):
+    model, x, target = setup(method)
+    expected = call(method, model, x, target)
+    refused = None
+    with torch.inference_mode():
+        try:
+            result = call(method, model, x, target)
+        except ol.OcclensError as error:
+            refused = str(error)
+    if refused is not None:
+        assert "inference_mode" in refused
+        return
+    copied = Parts(p.clone() if isinstance(p, Tensor) else p for p in parts(result))
+    assert_same(copied, expected, exact=True)
