@@ -399,3 +399,23 @@ def test_inside_inference_mode_it_runs_or_says_why(method):
         return
     copied = Parts(p.clone() if isinstance(p, Tensor) else p for p in parts(result))
     assert_same(copied, expected, exact=True)
+
+
+@pytest.mark.parametrize("method", cells())
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_any_memory_layout_gives_the_same_result(method, layout):
+    """A channels-last image (as some loaders return) or a strided view of a larger tensor."""
+    model, x, target = setup(method)
+    expected = call(method, model, x, target)
+    if layout == "channels_last":
+        batch = x if x.ndim == 4 else x.unsqueeze(0)
+        other = batch.contiguous(memory_format=torch.channels_last)
+        other = other if x.ndim == 4 else other[0]
+    else:
+        wide = torch.zeros(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype)
+        wide[..., ::2] = x
+        other = wide[..., ::2]
+    assert torch.equal(other, x) and not other.is_contiguous()
+    # A channels-last input takes other conv kernels: float32 rounding, and occlusion deltas
+    # are differences of scores, so their rounding error is absolute.
+    assert_same(call(method, model, other, target), expected, rtol=1e-4, atol=1e-5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _state import ModelState, assert_untouched, tensor_state
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -231,3 +232,33 @@ def test_any_linear_stem_gives_the_loops_integrated_gradients(model, steps, chun
         model, x, target, baseline=baseline, steps=steps, chunk_size=chunk
     )
     torch.testing.assert_close(ours, ig_loop(model, x, target, baseline, steps))
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "smoothgrad"])
+@pytest.mark.parametrize("rule", ["vanilla", "guided"])
+def test_an_error_after_the_stem_is_reported_and_leaves_the_model_untouched(method, rule):
+    """The tail raises on its second call (the first is the clean pass): inside the shortcut."""
+    model, x = testing.alexnet(), images(2, 64, seed=1).float()
+    model_fn = ol.guided(model) if rule == "guided" else model
+    assert linear_stem(model_fn, x, "test") is not None
+    calls = []
+
+    def boom(module, args):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("boom in the tail")
+
+    before, x_before = ModelState.of(model), tensor_state(x)
+    handle = model.features[3].register_forward_pre_hook(boom)
+    run = {
+        "integrated_gradients": lambda: ol.integrated_gradients(model_fn, x, 1, steps=3),
+        "smoothgrad": lambda: ol.smoothgrad(n=3)(ol.saliency)(model_fn, x, 1, key=0),
+    }[method]
+    try:
+        with pytest.raises(ol.OcclensError, match=rf"{method}\(model_fn\): the model raised.*boom"):
+            run()
+    finally:
+        handle.remove()
+    assert_untouched(model, before)
+    assert tensor_state(x) == x_before
+    assert not torch._C._len_torch_function_stack()  # the guided mode was left
