@@ -1,24 +1,26 @@
 """A model's linear stem: one backward pass through the first layer for many gradients.
 
 When the input reaches the network only through one linear layer ``L`` (a convolution or
-``nn.Linear``, as in AlexNet, VGG and ResNet), the input gradient of any score is ``L^T g``,
-with ``g`` the gradient at ``L``'s output. A weighted sum of input gradients over many inputs
-is then ``L^T (sum_k w_k g_k)``: one backward pass through ``L`` instead of one per input.
-Integrated gradients also gets ``L``'s forward pass for free, since ``L`` is affine:
-``L(x0 + a (x - x0)) = L(x0) + a (L(x) - L(x0))``.
+``nn.Linear``, as in AlexNet, VGG and ResNet), possibly after affine preprocessing such as
+``(x - mean) / std``, the input gradient of any score is ``L^T g``, with ``g`` the gradient at
+``L``'s output. A weighted sum of input gradients over many inputs is then
+``L^T (sum_k w_k g_k)``: one backward pass through ``L`` instead of one per input. The forward
+passes still run on the real inputs (interpolating ``L``'s outputs instead would move max-pool
+ties by rounding and change the gradients).
 
 The stem's transposed convolution on three colour channels is a slow kernel: on the AlexNet
 reference it is 14% of a forward and backward pass, on ResNet18 9%. The results equal the
 per-input gradients up to rounding (the sums are taken in another order).
 
 Only plain eager calls take this path: under ``vmap`` or ``grad``, for a model that does not
-trace with ``torch.fx``, or for a first layer with hooks or an overridden ``forward``,
-the gradients are taken image by image as before.
+trace with ``torch.fx``, for a first layer with hooks or an overridden ``forward``, or for a call
+too short to repay the tracing, the gradients are taken image by image as before.
 """
 
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,6 +40,11 @@ log = logging.getLogger("occlens")
 # The forward of these classes is linear in the input whatever the padding mode, groups,
 # dilation or stride; a subclass that overrides forward may not be.
 _LINEAR_FORWARDS = {cls.forward for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)}
+# Finding the stem traces the model twice: measured 5-40 ms on a 2-core CPU (shapes model to
+# ResNet18). A forward and backward pass costs about three forward passes.
+_SECONDS_TO_TRACE = 2e-3
+_SECONDS_PER_MODULE = 0.5e-3
+_ANALYSIS_SHARE = 20
 
 
 @dataclass(frozen=True)
@@ -45,13 +52,13 @@ class LinearStem:
     """The first layer of a model, linear in the input, and the rest of the model after it."""
 
     name: str
-    layer: nn.Module
+    head: Callable[[Tensor], Tensor]
     tail: Callable[[Tensor], Tensor]
 
     def forward(self, inputs: Tensor) -> Tensor:
         """The stem's output on `inputs`, without recording a graph."""
         with torch.no_grad():
-            return self.layer(inputs)
+            return self.head(inputs)
 
     def gradient(self, activation: Tensor, target: TargetBase, call: str) -> Tensor:
         """``d sum_b score_b / d activation`` for a batch of stem outputs."""
@@ -69,9 +76,66 @@ class LinearStem:
         gradient `cotangent` stands for."""
         leaf = autograd_leaf(inputs)
         with torch.enable_grad():
-            output = self.layer(leaf)
+            output = self.head(leaf)
             (gradient,) = torch.autograd.grad(output, leaf, cotangent.to(output.dtype))
         return gradient
+
+
+_AFFINE_FUNCTIONS = {
+    operator.add: "either",
+    operator.sub: "either",
+    operator.mul: "either",
+    operator.truediv: "first",
+    operator.neg: "only",
+    torch.add: "either",
+    torch.sub: "either",
+    torch.mul: "either",
+    torch.div: "first",
+    torch.neg: "only",
+}
+_AFFINE_METHODS = {"add": "either", "sub": "either", "mul": "either", "div": "first", "neg": "only"}
+
+
+def _affine_step(node: fx.Node, value: fx.Node) -> bool:
+    """Whether `node` maps `value` affinely: ``value * c``, ``c - value``, ``value / c``, ...
+    with ``c`` a number or a model tensor (so ``(x - mean) / std`` preprocessing passes)."""
+    if node.op == "call_function":
+        where = _AFFINE_FUNCTIONS.get(node.target)  # type: ignore[call-overload]
+    elif node.op == "call_method":
+        where = _AFFINE_METHODS.get(str(node.target))
+    else:
+        return False
+    if where is None or node.kwargs or node.args.count(value) != 1:
+        return False
+    others = [a for a in node.args if a is not value]
+    constant = all(
+        isinstance(a, (int, float)) or (isinstance(a, fx.Node) and a.op == "get_attr")
+        for a in others
+    )
+    position_ok = {"either": True, "first": node.args[0] is value, "only": not others}[where]
+    return constant and position_ok
+
+
+def _first_linear_layer(start: fx.Node) -> fx.Node | None:
+    """The module call that the input reaches through affine steps alone, each read once."""
+    node = start
+    while len(node.users) == 1:
+        (user,) = node.users
+        if user.op == "call_module":
+            return user if user.args == (node,) and not user.kwargs else None
+        if not _affine_step(user, node):
+            return None
+        node = user
+    return None
+
+
+def _hidden_hooks(model: nn.Module, graph: fx.Graph) -> bool:
+    """Hooks on a module that the trace inlined, where the traced graph would not run them."""
+    called = {node.target for node in graph.nodes if node.op == "call_module"}
+    return any(
+        (module._forward_hooks or module._forward_pre_hooks) and name not in called
+        for name, module in model.named_modules()
+    )
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -84,33 +148,42 @@ def _hooked(module: nn.Module) -> bool:
     )
 
 
-def linear_stem(model_fn: object, inputs: Tensor, call: str) -> LinearStem | None:
+def linear_stem(
+    model_fn: object, inputs: Tensor, call: str, *, copies: int, clean_seconds: float
+) -> LinearStem | None:
     """The model's linear stem, or None where the gradients must be taken input by input.
 
     `inputs` is the batch the call explains: a caller differentiating it, or a ``torch.func``
-    transform around the call, rules the shortcut out.
+    transform around the call, rules the shortcut out. `copies` forward and backward passes of
+    the batch are to come, and one clean forward pass took `clean_seconds`: where all of them are
+    predicted to take less than `_ANALYSIS_SHARE` times the tracing that finds the stem, the
+    shortcut is not looked for (it could not save more than that tracing costs).
     """
     if transformed() or _differentiated(inputs) or torch.is_inference_mode_enabled():
         return None
     inner = model_fn.model if isinstance(model_fn, Rewired) else model_fn
     if not isinstance(inner, nn.Module):
         return None
+    modules = sum(1 for _ in inner.modules())
+    analysis = _SECONDS_TO_TRACE + modules * _SECONDS_PER_MODULE
+    if 3 * copies * clean_seconds < _ANALYSIS_SHARE * analysis:
+        return None
     graph = _trace(inner, None)
-    if graph is None:
+    if graph is None or _hidden_hooks(inner, graph):
         return None
     placeholders = [node for node in graph.nodes if node.op == "placeholder"]
-    if len(placeholders) != 1 or len(placeholders[0].users) != 1:
+    if len(placeholders) != 1:
         return None
-    (first,) = placeholders[0].users
-    if first.op != "call_module" or first.args != (placeholders[0],) or first.kwargs:
+    first = _first_linear_layer(placeholders[0])
+    if first is None:
         return None
     name = str(first.target)
     layer = inner.get_submodule(name)
     calls = sum(node.op == "call_module" and node.target == name for node in graph.nodes)
     if type(layer).forward not in _LINEAR_FORWARDS or _hooked(layer) or calls != 1:
         return None
-    _, tail = split_at(inner, name, call)
-    if not isinstance(tail, fx.GraphModule):
+    head, tail = split_at(inner, name, call)
+    if not isinstance(tail, fx.GraphModule) or not isinstance(head, fx.GraphModule):
         return None
     log.debug("occlens: %s pulls gradients back through the linear stem %r once", call, name)
 
@@ -121,4 +194,4 @@ def linear_stem(model_fn: object, inputs: Tensor, call: str) -> LinearStem | Non
                 return tail(activation, activation)
         return tail(activation, activation)
 
-    return LinearStem(name, layer, rest)
+    return LinearStem(name, head, rest)

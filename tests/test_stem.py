@@ -37,6 +37,11 @@ def input_gradient(model, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return gradient
 
 
+def find(model_fn, x: torch.Tensor):
+    """The stem, as a long call (many copies, a slow clean pass) would look for it."""
+    return linear_stem(model_fn, x, "test", copies=100, clean_seconds=1.0)
+
+
 def ig_loop(model, x, target, baseline, steps):
     """Gauss-Legendre IG, one autograd call per integration point."""
     nodes, weights = np.polynomial.legendre.leggauss(steps)
@@ -49,8 +54,8 @@ def ig_loop(model, x, target, baseline, steps):
 @pytest.fixture
 def no_stem(monkeypatch):
     """Switch the shortcut off: every gradient goes through the model's input."""
-    monkeypatch.setattr(integrated_module, "linear_stem", lambda *args: None)
-    monkeypatch.setattr(smoothgrad_module, "linear_stem", lambda *args: None)
+    monkeypatch.setattr(integrated_module, "linear_stem", lambda *args, **kwargs: None)
+    monkeypatch.setattr(smoothgrad_module, "linear_stem", lambda *args, **kwargs: None)
 
 
 # --- which models have a stem ------------------------------------------------------------------
@@ -61,8 +66,8 @@ def no_stem(monkeypatch):
 )
 def test_reference_architectures_have_a_linear_stem(name, stem):
     model, x = getattr(testing, name)(), torch.rand(1, 3, 32, 32)
-    assert linear_stem(model, x, "test").name == stem
-    assert linear_stem(ol.guided(model), x, "test").name == stem
+    assert find(model, x).name == stem
+    assert find(ol.guided(model), x).name == stem
 
 
 class InputSkip(nn.Module):
@@ -93,7 +98,7 @@ class Twice(nn.Module):
 
 
 class Branching(nn.Module):
-    """Data-dependent control flow: torch.fx cannot trace it."""
+    """Control flow on a traced value: torch.fx cannot trace it (the branch is always taken)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -102,7 +107,7 @@ class Branching(nn.Module):
 
     def forward(self, x):
         y = self.conv(x)
-        if y.sum() > 0:
+        if y.shape[0] > 0:
             y = torch.relu(y)
         return self.head(y.mean(dim=(2, 3)))
 
@@ -115,7 +120,7 @@ def squaring_stem() -> nn.Module:
 def test_no_stem_where_the_input_is_not_read_through_one_linear_layer(make):
     model, x = make().double(), images(2, 8, seed=0)
     model(x)  # materialise lazy layers
-    assert linear_stem(model, x, "test") is None
+    assert find(model, x) is None
     target = torch.tensor([0, 3])
     ours = ol.integrated_gradients(model, x, target, steps=5)
     torch.testing.assert_close(ours, ig_loop(model, x, target, torch.zeros_like(x), 5))
@@ -123,9 +128,9 @@ def test_no_stem_where_the_input_is_not_read_through_one_linear_layer(make):
 
 def test_no_stem_for_functions_transforms_and_differentiated_inputs():
     model, x = testing.tiny_cnn().double(), images(2, 8, seed=0)
-    assert linear_stem(lambda v: model(v), x, "test") is None
-    assert linear_stem(model, x.clone().requires_grad_(), "test") is None
-    found = torch.func.vmap(lambda v: torch.tensor(linear_stem(model, v[None], "t") is None))(x)
+    assert find(lambda v: model(v), x) is None
+    assert find(model, x.clone().requires_grad_()) is None
+    found = torch.func.vmap(lambda v: torch.tensor(find(model, v[None]) is None))(x)
     assert found.all()
 
 
@@ -133,7 +138,7 @@ def test_a_hook_on_the_first_layer_turns_the_shortcut_off_and_still_applies():
     model, x, target = testing.tiny_cnn().double(), images(2, 12, seed=3), torch.tensor([1, 2])
     handle = model.features[0].register_forward_hook(lambda module, args, out: out**2)
     try:
-        assert linear_stem(model, x, "test") is None
+        assert find(model, x) is None
         ours = ol.integrated_gradients(model, x, target, steps=6)
         torch.testing.assert_close(ours, ig_loop(model, x, target, torch.zeros_like(x), 6))
     finally:
@@ -148,7 +153,7 @@ def test_integrated_gradients_through_the_stem_equal_the_loop(name):
     model = getattr(testing, name)().double()
     x, baseline = images(2, 64, seed=5), images(1, 64, seed=6)
     target = torch.tensor([2, 0])
-    assert linear_stem(model, x, "test") is not None
+    assert find(model, x) is not None
     ours = ol.integrated_gradients(model, x, target, baseline=baseline[0], steps=9, chunk_size=4)
     expected = ig_loop(model, x, target, baseline.expand_as(x), 9)
     assert rel(ours, expected) < 1e-10
@@ -189,7 +194,7 @@ def test_float32_results_match_the_path_without_the_shortcut(name, request):
 
 def test_other_smoothgrad_kinds_and_methods_do_not_take_the_shortcut(monkeypatch):
     calls = []
-    monkeypatch.setattr(smoothgrad_module, "linear_stem", lambda *a: calls.append(a))
+    monkeypatch.setattr(smoothgrad_module, "linear_stem", lambda *a, **k: calls.append(a))
     model, x = testing.tiny_cnn(), images(1, 16, seed=0).float()
     ol.smoothgrad(n=2, kind="square")(ol.saliency)(model, x, 0, key=0)
     ol.smoothgrad(n=2)(ol.input_x_gradient)(model, x, 0, key=0)
@@ -227,7 +232,7 @@ def stems(draw):
 def test_any_linear_stem_gives_the_loops_integrated_gradients(model, steps, chunk, seed):
     x, baseline = images(2, 8, seed), images(2, 8, seed + 1)
     target = torch.tensor([0, 2])
-    assert linear_stem(model, x, "test") is not None
+    assert find(model, x) is not None
     ours = ol.integrated_gradients(
         model, x, target, baseline=baseline, steps=steps, chunk_size=chunk
     )
@@ -240,7 +245,7 @@ def test_an_error_after_the_stem_is_reported_and_leaves_the_model_untouched(meth
     """The tail raises on its second call (the first is the clean pass): inside the shortcut."""
     model, x = testing.alexnet(), images(2, 64, seed=1).float()
     model_fn = ol.guided(model) if rule == "guided" else model
-    assert linear_stem(model_fn, x, "test") is not None
+    assert find(model_fn, x) is not None
     calls = []
 
     def boom(module, args):
@@ -262,3 +267,77 @@ def test_an_error_after_the_stem_is_reported_and_leaves_the_model_untouched(meth
     assert_untouched(model, before)
     assert tensor_state(x) == x_before
     assert not torch._C._len_torch_function_stack()  # the guided mode was left
+
+
+def test_short_calls_do_not_look_for_the_stem(monkeypatch):
+    """Finding the stem traces the model: a call predicted shorter than 20 times that skips it."""
+    monkeypatch.setattr("occlens._stem._ANALYSIS_SHARE", 20)
+    model, x = testing.alexnet(), images(1, 64, seed=0).float()
+    assert linear_stem(model, x, "test", copies=10, clean_seconds=1e-3) is None
+    assert linear_stem(model, x, "test", copies=50, clean_seconds=0.05) is not None
+    traced = []
+    monkeypatch.setattr("occlens._stem._trace", lambda *a: traced.append(a))
+    ol.smoothgrad(n=2, sigma=0.1)(ol.saliency)(testing.tiny_cnn(), x, 1, key=0)
+    ol.integrated_gradients(testing.tiny_cnn(), x, 1, steps=2)
+    assert traced == []
+
+
+class Preprocessed(nn.Module):
+    """A small CNN behind a preprocessing step `prepare(x, mean, std)`."""
+
+    def __init__(self, prepare) -> None:
+        super().__init__()
+        self.prepare = prepare
+        self.register_buffer("mean", torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1))
+        self.net = testing.tiny_cnn(num_classes=4)
+
+    def forward(self, x):
+        return self.net(self.prepare(x, self.mean, self.std))
+
+
+AFFINE = {
+    "normalize": lambda x, m, s: (x - m) / s,
+    "2x - 1": lambda x, m, s: 2 * x - 1,
+    "torch ops": lambda x, m, s: torch.div(torch.sub(x, m), s),
+    "methods": lambda x, m, s: x.sub(m).div(s).neg(),
+    "constant minus": lambda x, m, s: 1.0 - x * s,
+}
+NONLINEAR = {
+    "divides by x": lambda x, m, s: m / x,
+    "squares": lambda x, m, s: x * x,
+    "per-image norm": lambda x, m, s: x / x.abs().amax(dim=(1, 2, 3), keepdim=True),
+    "in place": lambda x, m, s: x.clone().sub_(m),
+    "clamps": lambda x, m, s: (x - m).clamp(min=0),
+}
+
+
+@pytest.mark.parametrize("name", [*AFFINE, *NONLINEAR])
+def test_affine_preprocessing_is_part_of_the_stem(name):
+    model = Preprocessed({**AFFINE, **NONLINEAR}[name]).double().eval()
+    x, target = images(2, 16, seed=3) + 0.1, torch.tensor([1, 3])
+    stem = find(model, x)
+    assert (stem is not None) == (name in AFFINE)
+    if stem is not None:
+        assert stem.name == "net.features.0"
+    ours = ol.integrated_gradients(model, x, target, steps=5)
+    assert rel(ours, ig_loop(model, x, target, torch.zeros_like(x), 5)) < 1e-10
+    smooth = ol.smoothgrad(n=3, sigma=0.1)(ol.saliency)(model, x, target, key=2)
+    rng = torch.Generator().manual_seed(2)
+    derive_key(rng)
+    scale = 0.1 * (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3))).view(-1, 1, 1, 1)
+    noisy = [x + scale * torch.randn(x.shape[1:], generator=rng).double() for _ in range(3)]
+    expected = torch.stack([input_gradient(model, v, target) for v in noisy]).mean(0)
+    assert rel(smooth, expected) < 1e-10
+
+
+def test_a_hook_on_an_inlined_module_turns_the_shortcut_off():
+    """fx inlines a custom module, so its hooks would not run in the traced stem and tail."""
+    model = nn.Sequential(Preprocessed(AFFINE["normalize"])).double().eval()
+    x = images(1, 16, seed=0)
+    assert find(model, x) is not None
+    handle = model[0].register_forward_hook(lambda module, args, out: out * 2)
+    try:
+        assert find(model, x) is None
+    finally:
+        handle.remove()
