@@ -6,10 +6,12 @@ Every index is 0-based (DNNBrain numbers channels from 1: subtract one). An inde
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -242,10 +244,16 @@ class Custom(TargetBase):
 
 
 def _as_index(value: object, what: str) -> Index:
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         raise fail(what, "index", f"got the bool {value}", "pass an int or a LongTensor[B]")
-    if isinstance(value, int):
-        return value
+    if isinstance(value, numbers.Integral):  # int, and numpy's integer scalars
+        return int(value)
+    if isinstance(value, np.ndarray):  # e.g. labels from a numpy pipeline
+        if value.dtype.kind not in "iu":
+            raise fail(
+                what, "index", f"got {describe(value)}", "pass integer indices (a LongTensor[B])"
+            )
+        value = torch.from_numpy(value.astype(np.int64))
     if isinstance(value, Tensor):
         if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
             raise fail(
@@ -259,9 +267,9 @@ def _as_index(value: object, what: str) -> Index:
     if (
         isinstance(value, Sequence)
         and value
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
     ):
-        return torch.tensor(list(value), dtype=torch.long)
+        return torch.tensor([int(v) for v in value], dtype=torch.long)
     raise fail(
         what, "index", f"cannot use {describe(value)} as an index", "pass an int or a LongTensor[B]"
     )
@@ -336,10 +344,12 @@ def peak(channel: int | Sequence[int] | Tensor) -> TargetBase:
 
 
 def as_target(target: object, call: str) -> TargetBase:
-    """Turn a target argument (a Target, a function, an int, ints, a LongTensor) into a Target."""
+    """Turn a target argument (a Target, a function, an int, ints, a LongTensor, numpy integers)
+    into a Target."""
     if isinstance(target, TargetBase):
         return target
-    if isinstance(target, (int, Tensor, Sequence)) and not isinstance(target, (str, bytes)):
+    indices = (numbers.Integral, np.bool_, np.ndarray, Tensor, Sequence)
+    if isinstance(target, indices) and not isinstance(target, (str, bytes)):
         try:
             return Logit(_as_index(target, call))
         except ValueError as error:

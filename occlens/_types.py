@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeAlias, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -52,6 +53,7 @@ class Target(Protocol):
     def __call__(self, output: Tensor, /) -> Tensor: ...
 
 
-TargetLike: TypeAlias = Target | int | Sequence[int] | Tensor
+# numpy integer scalars and integer arrays are accepted as indices too.
+TargetLike: TypeAlias = Target | int | Sequence[int] | Tensor | np.integer | np.ndarray
 AttributionFn: TypeAlias = Callable[..., Tensor]
 Transform: TypeAlias = Callable[[AttributionFn], AttributionFn]

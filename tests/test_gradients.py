@@ -369,3 +369,29 @@ def test_nothing_is_left_on_the_model_also_after_an_exception():
     ol.saliency(working, x.detach(), 1, at="conv2")
     assert_untouched(working, before)
     assert all(p.grad is None for p in working.parameters())
+
+
+def test_numpy_integer_targets_equal_torch_targets():
+    """Labels from a numpy pipeline: np.int64 scalars, integer arrays, lists of numpy ints."""
+    import numpy as np
+
+    model, x = (
+        testing.tiny_cnn(),
+        torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)),
+    )
+    both, one = ol.saliency(model, x, torch.tensor([2, 1])), ol.saliency(model, x, 2)
+    for target, expected in [
+        (np.int64(2), one),
+        (np.int32(2), one),
+        (np.array([2, 1]), both),
+        (np.array([2, 1], dtype=np.uint8), both),
+        ([np.int64(2), np.int64(1)], both),
+    ]:
+        assert torch.equal(ol.saliency(model, x, target), expected)
+    assert torch.equal(
+        ol.occlusion(model, x, np.array([2, 1]), window=4, stride=4),
+        ol.occlusion(model, x, torch.tensor([2, 1]), window=4, stride=4),
+    )
+    for bad in (np.bool_(True), np.array([2.0, 1.0]), np.array([[2, 1]])):
+        with pytest.raises(ol.OcclensError, match=r"saliency\(target\): cannot use"):
+            ol.saliency(model, x, bad)
