@@ -50,7 +50,7 @@ def image_batch(x: object, call: str, argument: str = "x") -> tuple[Tensor, bool
             call,
             argument,
             f"expected an image tensor, got {describe(x)}",
-            "pass a torch.Tensor [C, H, W] or [B, C, H, W]",
+            _tensor_hint(x),
         )
     if x.ndim not in (3, 4):
         raise fail(
@@ -92,6 +92,19 @@ def image_batch(x: object, call: str, argument: str = "x") -> tuple[Tensor, bool
         )
     single = x.ndim == 3
     return (x.unsqueeze(0) if single else x), single
+
+
+def _tensor_hint(x: object) -> str:
+    """How to turn what the user passed into an image tensor."""
+    module = type(x).__module__
+    if module.startswith("PIL"):
+        return "convert it with occlens.image.from_pil(img), which gives Tensor[3, H, W] in [0, 1]"
+    if module == "numpy":
+        return (
+            "convert it with torch.from_numpy; an H x W x 3 uint8 picture becomes "
+            "torch.from_numpy(a).permute(2, 0, 1).float() / 255"
+        )
+    return "pass a torch.Tensor [C, H, W] or [B, C, H, W]"
 
 
 def _all_finite(x: Tensor) -> bool:

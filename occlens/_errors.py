@@ -28,6 +28,9 @@ def describe(value: object) -> str:
     """A short description of a value for error messages: shape and dtype for tensors."""
     if isinstance(value, torch.Tensor):
         return f"Tensor{list(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if type(value).__module__ == "numpy" and shape is not None and len(shape) > 1:
+        return f"a numpy array{list(shape)} {dtype}"
     if isinstance(value, (list, tuple)) and len(value) > 8:
         return f"{type(value).__name__} of length {len(value)}"
     if inspect.isfunction(value) or inspect.isbuiltin(value):

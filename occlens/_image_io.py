@@ -28,6 +28,7 @@ __all__ = [
     "IMAGENET_STD",
     "check_tensor",
     "denormalize",
+    "from_pil",
     "load",
     "normalize",
     "resize",
@@ -202,6 +203,33 @@ def _rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255
 
 
+def from_pil(img: Image.Image, *, size: int | tuple[int, int] | None = None) -> Tensor:
+    """A PIL image as ``Tensor[3, H, W]`` float32 RGB in [0, 1], read as `load` reads files.
+
+    Grayscale is repeated to RGB, transparency is composited onto white, EXIF rotation is applied,
+    16-bit images keep their precision. `size` resizes with antialiasing. The inverse is
+    `to_pil`.
+
+    >>> from PIL import Image
+    >>> x = from_pil(Image.new("RGB", (6, 4), (255, 0, 0)))
+    >>> x.shape, x[:, 0, 0].tolist()
+    (torch.Size([3, 4, 6]), [1.0, 0.0, 0.0])
+    >>> from_pil(Image.new("L", (8, 8), 128), size=4).shape
+    torch.Size([3, 4, 4])
+    """
+    call = "occlens.image.from_pil"
+    if not isinstance(img, Image.Image):
+        raise fail(
+            call,
+            "img",
+            f"expected a PIL image, got {describe(img)}",
+            "open one with PIL.Image.open(path), or read the file with occlens.image.load(path)",
+        )
+    target = None if size is None else positive_pair(size, call, "size")
+    x = torch.from_numpy(np.ascontiguousarray(_rgb(img).transpose(2, 0, 1)))
+    return x if target is None else resize(x, target)
+
+
 def load(path: str | os.PathLike[str], *, size: int | tuple[int, int] | None = None) -> Tensor:
     """Read an image file as ``Tensor[3, H, W]`` float32 RGB in [0, 1].
 
@@ -222,7 +250,7 @@ def load(path: str | os.PathLike[str], *, size: int | tuple[int, int] | None = N
     path = Path(path)
     try:
         with Image.open(path) as img:
-            array = _rgb(img)
+            x = from_pil(img)
     except FileNotFoundError:
         raise fail(
             call, "path", f"no such file: '{path}'", f"check the path (cwd is '{Path.cwd()}')"
@@ -234,7 +262,6 @@ def load(path: str | os.PathLike[str], *, size: int | tuple[int, int] | None = N
             f"cannot read '{path}' as an image ({type(err).__name__}: {err})",
             "pass a PNG, JPEG or another file Pillow can open",
         ) from None
-    x = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
     return x if target is None else resize(x, target)
 
 

@@ -7,8 +7,6 @@ Completeness: ``IG(x).sum()`` approaches ``f(x) - f(x0)`` as `steps` grows.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -101,15 +99,13 @@ def integrated_gradients(
     optional_positive_int(chunk_size, CALL, "chunk_size")
     optional_positive_int(memory_budget, CALL, "memory_budget")
     start = plan.static.expand_as(batch)
-    started = time.perf_counter()
     clean, allocated = clean_forward(model_fn, batch, CALL, measure=chunk_size is None)
-    clean_seconds = time.perf_counter() - started
     goal = as_target(target, CALL)
     goal.check(clean, CALL)
     goal = goal.resolve(clean)
     per_call = chunk_size or backward_copies(allocated, batch, memory_budget)
     path = batch - start
-    stem = linear_stem(model_fn, batch, CALL, copies=steps, clean_seconds=clean_seconds)
+    stem = linear_stem(model_fn, batch, CALL, copies=steps)
     total = torch.zeros((), dtype=torch.float64, device=batch.device)
     with progress_bar(steps, CALL, progress) as advance:
         for first in range(0, steps, per_call):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-import time
 
 import torch
 from torch import Tensor
@@ -51,28 +50,23 @@ def _check(n: object, sigma: object, kind: object, chunk_size: object) -> None:
 
 def _plan(
     model_fn, batch: Tensor, target: object, chunk_size: int | None, n: int
-) -> tuple[TargetBase, int, float]:
+) -> tuple[TargetBase, int]:
     """The target, checked and resolved on the clean input (a `peak` must not move with the
     noise), and the noisy copies per call: `chunk_size`, or from the memory budget as for a
-    forward and backward pass per copy, measured on the same clean forward pass; and the seconds
-    that pass took."""
+    forward and backward pass per copy, measured on the same clean forward pass."""
     goal = as_target(target, CALL)
-    started = time.perf_counter()
     clean, allocated = clean_forward(model_fn, batch, CALL, measure=chunk_size is None)
-    seconds = time.perf_counter() - started
     goal.check(clean, CALL)
     goal = goal.resolve(clean)
-    return goal, chunk_size or min(n, backward_copies(allocated, batch, None)), seconds
+    return goal, chunk_size or min(n, backward_copies(allocated, batch, None))
 
 
-def _stem(
-    method, options: dict, kind: str, model_fn, batch: Tensor, n: int, seconds: float
-) -> LinearStem | None:
+def _stem(method, options: dict, kind: str, model_fn, batch: Tensor, n: int) -> LinearStem | None:
     """The model's linear stem, where the mean of saliency maps can be pulled back through it
     once (see `occlens._stem`); None for other methods and kinds (not linear in the gradient)."""
     if method is not saliency or kind != "mean" or any(v is not None for v in options.values()):
         return None
-    return linear_stem(model_fn, batch, CALL, copies=n, clean_seconds=seconds)
+    return linear_stem(model_fn, batch, CALL, copies=n)
 
 
 def _accumulate(
@@ -146,8 +140,8 @@ def smoothgrad(
             batch, single = image_batch(x, CALL)
             rng = generator(key, CALL, "the noise")
             inner_key = derive_key(rng)
-            goal, step, seconds = _plan(model_fn, batch, target, chunk_size, n)
-            stem = _stem(method, options, kind, model_fn, batch, n, seconds)
+            goal, step = _plan(model_fn, batch, target, chunk_size, n)
+            stem = _stem(method, options, kind, model_fn, batch, n)
             scale = sigma * (batch.amax(dim=(1, 2, 3)) - batch.amin(dim=(1, 2, 3)))
             scale = scale.view(-1, 1, 1, 1)
             state, total = None, None

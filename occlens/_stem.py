@@ -13,8 +13,10 @@ reference it is 14% of a forward and backward pass, on ResNet18 9%. The results 
 per-input gradients up to rounding (the sums are taken in another order).
 
 Only plain eager calls take this path: under ``vmap`` or ``grad``, for a model that does not
-trace with ``torch.fx``, for a first layer with hooks or an overridden ``forward``, or for a call
-too short to repay the tracing, the gradients are taken image by image as before.
+trace with ``torch.fx``, or for a first layer with hooks or an overridden ``forward``, the
+gradients are taken image by image as before. Finding the stem traces the model (2-40 ms, the
+shapes model to ResNet18): on a call of a few milliseconds that costs more than it saves, but a
+timed choice would make the same call give different roundings from run to run.
 """
 
 from __future__ import annotations
@@ -40,11 +42,6 @@ log = logging.getLogger("occlens")
 # The forward of these classes is linear in the input whatever the padding mode, groups,
 # dilation or stride; a subclass that overrides forward may not be.
 _LINEAR_FORWARDS = {cls.forward for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)}
-# Finding the stem traces the model twice: measured 5-40 ms on a 2-core CPU (shapes model to
-# ResNet18). A forward and backward pass costs about three forward passes.
-_SECONDS_TO_TRACE = 2e-3
-_SECONDS_PER_MODULE = 0.5e-3
-_ANALYSIS_SHARE = 20
 
 
 @dataclass(frozen=True)
@@ -148,25 +145,20 @@ def _hooked(module: nn.Module) -> bool:
     )
 
 
-def linear_stem(
-    model_fn: object, inputs: Tensor, call: str, *, copies: int, clean_seconds: float
-) -> LinearStem | None:
+def linear_stem(model_fn: object, inputs: Tensor, call: str, *, copies: int) -> LinearStem | None:
     """The model's linear stem, or None where the gradients must be taken input by input.
 
     `inputs` is the batch the call explains: a caller differentiating it, or a ``torch.func``
-    transform around the call, rules the shortcut out. `copies` forward and backward passes of
-    the batch are to come, and one clean forward pass took `clean_seconds`: where all of them are
-    predicted to take less than `_ANALYSIS_SHARE` times the tracing that finds the stem, the
-    shortcut is not looked for (it could not save more than that tracing costs).
+    transform around the call, rules the shortcut out; so does a single copy (`copies` gradients
+    of the batch are to be summed), which has nothing to share. The choice depends on the model
+    and the call alone, never on timings, so the same call always gives the same numbers.
     """
-    if transformed() or _differentiated(inputs) or torch.is_inference_mode_enabled():
+    if copies < 2 or transformed() or _differentiated(inputs):
+        return None
+    if torch.is_inference_mode_enabled():
         return None
     inner = model_fn.model if isinstance(model_fn, Rewired) else model_fn
     if not isinstance(inner, nn.Module):
-        return None
-    modules = sum(1 for _ in inner.modules())
-    analysis = _SECONDS_TO_TRACE + modules * _SECONDS_PER_MODULE
-    if 3 * copies * clean_seconds < _ANALYSIS_SHARE * analysis:
         return None
     graph = _trace(inner, None)
     if graph is None or _hidden_hooks(inner, graph):

@@ -38,6 +38,7 @@ from ._figures import limits as limits
 from ._image_io import IMAGENET_MEAN as IMAGENET_MEAN
 from ._image_io import IMAGENET_STD as IMAGENET_STD
 from ._image_io import denormalize as denormalize
+from ._image_io import from_pil as from_pil
 from ._image_io import load as load
 from ._image_io import normalize as normalize
 from ._image_io import resize as resize
@@ -56,6 +57,7 @@ __all__ = [
     "draw_box",
     "draw_grid",
     "draw_rf",
+    "from_pil",
     "limits",
     "load",
     "normalize",

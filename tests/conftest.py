@@ -6,7 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -29,11 +28,3 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 # The test models are tiny: one thread per process beats two (OpenMP overhead per op), and lets
 # pytest-xdist use one worker per core.
 torch.set_num_threads(1)
-
-
-@pytest.fixture(autouse=True)
-def _stem_shortcut_on_small_models(monkeypatch):
-    """The linear-stem shortcut of IG and SmoothGrad skips calls too short to pay for finding
-    the stem, which every test model's calls are: the tests take it wherever a stem exists, so the
-    whole suite checks it (test_stem.py checks the skip itself)."""
-    monkeypatch.setattr("occlens._stem._ANALYSIS_SHARE", 0)

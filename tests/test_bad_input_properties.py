@@ -379,7 +379,7 @@ OUTPUTS = {
     "list": (lambda y: [y], r"the model returned a list, not a tensor"),
     "dict": (lambda y: {"logits": y}, r"returned a dict.*model\(x\)\['logits'\]"),
     "None": (lambda y: None, r"the model returned None"),
-    "array": (lambda y: y.detach().numpy(), r"the model returned array"),
+    "array": (lambda y: y.detach().numpy(), r"the model returned a numpy array"),
     "scalar": (lambda y: y.sum(), r"Tensor\[\] float32, which has no batch dimension"),
     "other batch": (
         lambda y: torch.cat([y, y]),

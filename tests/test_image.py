@@ -626,3 +626,36 @@ def test_overlay_magnitude_weight_on_a_flat_range_shows_the_image():
     out = oi.overlay(image, spike, alpha=1.0, vmin=0.0, vmax=0.0, weight="magnitude")
     assert torch.equal(out[:, 0, 0], image[:, 0, 0])
     assert torch.allclose(out[:, 1, 1], oi.colormap("inferno")[-1])
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "I;16"])
+def test_from_pil_reads_an_image_as_load_reads_its_file(tmp_path, mode):
+    rng = np.random.default_rng(0)
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65535, (9, 7), dtype=np.uint16))
+    else:
+        channels = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
+        pixels = rng.integers(0, 255, (9, 7, channels), dtype=np.uint8)
+        img = Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode)
+    img.save(tmp_path / "x.png")
+    x = oi.from_pil(img)
+    assert x.shape == (3, 9, 7) and x.dtype == torch.float32
+    assert torch.equal(x, oi.load(tmp_path / "x.png"))
+    assert torch.equal(oi.from_pil(img, size=(4, 3)), oi.load(tmp_path / "x.png", size=(4, 3)))
+    if mode == "RGB":  # independent of both: numpy's own conversion
+        expected = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
+        assert torch.equal(x, expected)
+
+
+def test_methods_say_how_to_convert_numpy_and_pil_images():
+    model = ol.testing.tiny_cnn()
+    with pytest.raises(
+        ol.OcclensError,
+        match=r"saliency\(x\): .*numpy array\[16, 16, 3\] uint8.*"
+        r"torch.from_numpy\(a\).permute\(2, 0, 1\)",
+    ):
+        ol.saliency(model, np.zeros((16, 16, 3), np.uint8), 0)
+    with pytest.raises(ol.OcclensError, match=r"occlusion\(x\): .*PIL.*occlens.image.from_pil"):
+        ol.occlusion(model, Image.new("RGB", (16, 16)), 0, window=4)
+    with pytest.raises(ol.OcclensError, match=r"from_pil\(img\): expected a PIL image"):
+        oi.from_pil(np.zeros((4, 4, 3)))
