@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ._errors import OcclensError, describe, fail
-from ._memory import measure_forward
+from ._memory import ForwardWork, measure_forward
 
 __all__ = [
     "check_eval_policy",
@@ -234,18 +234,19 @@ def model_errors(call: str, batch: Tensor) -> Iterator[None]:
 
 def clean_forward(
     model_fn, batch: Tensor, call: str, *, measure: bool = False, argument: str = "x"
-) -> tuple[Tensor, int]:
+) -> tuple[Tensor, ForwardWork]:
     """Run the model once on the clean batch (no autograd) and check what comes back.
 
-    Returns the output and, with `measure`, the bytes the forward pass allocated (else 0).
-    `argument` names the input in errors about its dtype or device.
+    Returns the output and, with `measure`, the work of the forward pass: the bytes it allocated,
+    its operators and FLOPs (else, or where the counting mode fails, an unmeasured `ForwardWork`
+    of zeros). `argument` names the input in errors about its dtype or device.
     """
     check_model(model_fn, batch, call, argument)
-    allocated = 0
+    work = ForwardWork()
     with model_errors(call, batch):
         if measure:
             try:
-                output, allocated = measure_forward(model_fn, batch)
+                output, work = measure_forward(model_fn, batch)
             except OcclensError:
                 raise
             except Exception as error:  # the counting mode itself may not follow every model
@@ -254,7 +255,7 @@ def clean_forward(
         if not measure:
             with torch.no_grad():
                 output = model_fn(batch)
-    return check_output(output, batch, call), allocated
+    return check_output(output, batch, call), work
 
 
 def check_output(output: object, batch: Tensor, call: str) -> Tensor:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +33,7 @@ from ._fills import FillPlan
 from ._grid import Grid
 from ._incremental_geometry import Geometry, needed_regions, propagate
 from ._incremental_graph import Graph, GraphFailed, Step, Unsupported, Window, analyse, run_node
+from ._memory import ForwardWork
 from ._targets import TargetBase, Unit
 
 __all__ = [
@@ -59,11 +59,6 @@ _BATCHED_CHUNK = 32
 # Planning: a trace and a clean pass through the traced graph.
 _SECONDS_TO_TRACE = 5e-3
 _SECONDS_PER_TRACED_MODULE = 100e-6
-# How much faster per image a batched forward pass is than one image alone: measured on this
-# 2-core CPU from 1.1x (VGG16 at 112 and 224 px) to 9x (the shapes model at 64 px). A small image
-# leaves the cores idle, so the gain is taken as inversely proportional to the pixels, bounded.
-_BATCHING_GAIN_PIXELS = 4 * 96 * 96
-_BATCHING_GAIN_RANGE = (1.25, 9.0)
 _PLANNING_SHARE = 20  # auto plans only when the batched run would take 20x the planning
 _MARGIN = 0.9  # auto picks the incremental engine only when predicted this much faster
 _CHUNK_BYTES = 24 << 20  # a chunk's largest read-in tensor
@@ -561,20 +556,21 @@ def run_incremental(
     noise_for_row: Callable[[], object] | None,
     engine: str,
     advance: Callable[[int], None],
-    clean_seconds: float = math.inf,
+    work: ForwardWork | None = None,
+    chunk: int = _BATCHED_CHUNK,
 ) -> Tensor | None:
     """Deltas ``[B, P]`` by the incremental engine, or None where the batched engine must run.
 
     With ``engine="auto"`` the cost model decides; either way a model the engine cannot run
-    exactly gives None, with the reason logged at debug level. `clean_seconds`, the time the
-    clean forward pass of `batch` took, lets ``"auto"`` skip planning for runs so short that
-    tracing the model would cost more than it could save.
+    exactly gives None, with the reason logged at debug level. `work`, what the clean forward
+    pass of `batch` did, and `chunk`, the batched engine's images per call, let ``"auto"`` skip
+    planning for runs so short that tracing the model would cost more than it could save.
     """
     try:
         if fill.static is None and fill.noise is None:
             raise Unsupported("a fill function can change pixels outside the window")
         if engine == "auto":
-            too_short = _too_short_to_plan(model_fn, batch, len(grid), clean_seconds)
+            too_short = _too_short_to_plan(model_fn, batch, len(grid), work, chunk)
             if too_short:
                 log.debug("occlens: occlusion runs the batched engine: %s", too_short)
                 return None
@@ -602,27 +598,36 @@ def run_incremental(
         return None
 
 
-def _batching_gain(pixels: int) -> float:
-    low, high = _BATCHING_GAIN_RANGE
-    return min(high, max(low, _BATCHING_GAIN_PIXELS / max(pixels, 1)))
-
-
 def _too_short_to_plan(
-    model_fn: object, images: Tensor, positions: int, clean_seconds: float
+    model_fn: object, images: Tensor, positions: int, work: ForwardWork | None, chunk: int
 ) -> str:
     """Why planning would not pay for itself here, or "" where it may.
 
     Planning costs a trace and a clean pass; where the whole batched run is predicted to take
     less than `_PLANNING_SHARE` times that, ``"auto"`` runs the batched engine straight away, so
-    it never loses more than 1/`_PLANNING_SHARE` of the batched time to planning.
+    it never loses more than 1/`_PLANNING_SHARE` of the batched time to planning. Both are
+    predicted from the clean pass's counted work (FLOPs, bytes, operators), never from timings,
+    so the same call always runs the same engine and gives the same numbers.
     """
     if not isinstance(model_fn, torch.nn.Module):
         return ""  # planning gives up at once, before tracing
+    if work is None or not work.measured:
+        return ""
     modules = sum(1 for _ in model_fn.modules())
-    count, pixels = images.shape[0], images.shape[-2] * images.shape[-1]
-    per_image = clean_seconds / count
-    batched = count * positions * per_image / _batching_gain(pixels)
-    planning = per_image + _SECONDS_TO_TRACE + modules * _SECONDS_PER_TRACED_MODULE
+    count = images.shape[0]
+    image_bytes = images[0].nbytes
+    per_image = (
+        work.flops / count * _SECONDS_PER_FLOP
+        + (4 * image_bytes + 2 * work.bytes / count) * _SECONDS_PER_BYTE
+    )
+    calls = math.ceil(count * (positions + 1) / max(chunk, 1))
+    batched = count * positions * per_image + calls * work.ops * _SECONDS_PER_OP
+    planning = (
+        _SECONDS_TO_TRACE
+        + modules * _SECONDS_PER_TRACED_MODULE
+        + per_image
+        + work.ops * _SECONDS_PER_OP
+    )
     if batched >= _PLANNING_SHARE * planning:
         return ""
     return (
@@ -655,6 +660,7 @@ def explain_engine(
     aggregate: str = "mean",
     box: tuple[int, int, int, int] | None = None,
     chunk_size: int | None = None,
+    memory_budget: int | None = None,
     **_: object,
 ) -> EnginePlan:
     """Which engine ``occlusion(..., engine="auto")`` runs for these arguments, and why.
@@ -674,7 +680,7 @@ def explain_engine(
     from ._checks import clean_forward, image_batch
     from ._errors import fail
     from ._fills import plan_fill
-    from ._occlusion import CALL, _grid
+    from ._occlusion import CALL, _auto_chunk, _grid
     from ._targets import as_target
 
     batch, _ = image_batch(x, "explain_engine")
@@ -685,10 +691,11 @@ def explain_engine(
             "batched", "a fill function can change pixels outside the window", positions=len(grid)
         )
     image = batch[:1]
-    started = time.perf_counter()
-    clean, _ = clean_forward(model_fn, batch, "explain_engine", measure=chunk_size is None)
-    seconds = time.perf_counter() - started
-    too_short = _too_short_to_plan(model_fn, batch, len(grid), seconds)
+    clean, work = clean_forward(model_fn, batch, "explain_engine", measure=True)
+    chunk = chunk_size or _auto_chunk(
+        work.bytes // batch.shape[0], batch, len(grid) + 1, memory_budget
+    )
+    too_short = _too_short_to_plan(model_fn, batch, len(grid), work, chunk)
     goal = as_target(target, "explain_engine")
     goal.check(clean, "explain_engine")
     goal = goal.resolve(clean).select(0)

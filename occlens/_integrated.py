@@ -99,11 +99,11 @@ def integrated_gradients(
     optional_positive_int(chunk_size, CALL, "chunk_size")
     optional_positive_int(memory_budget, CALL, "memory_budget")
     start = plan.static.expand_as(batch)
-    clean, allocated = clean_forward(model_fn, batch, CALL, measure=chunk_size is None)
+    clean, work = clean_forward(model_fn, batch, CALL, measure=chunk_size is None)
     goal = as_target(target, CALL)
     goal.check(clean, CALL)
     goal = goal.resolve(clean)
-    per_call = chunk_size or backward_copies(allocated, batch, memory_budget)
+    per_call = chunk_size or backward_copies(work.bytes, batch, memory_budget)
     path = batch - start
     stem = linear_stem(model_fn, batch, CALL, copies=steps)
     total = torch.zeros((), dtype=torch.float64, device=batch.device)

@@ -1,21 +1,26 @@
-"""Choosing chunk sizes from a memory budget.
+"""Choosing chunk sizes from a memory budget, and counting a forward pass's work.
 
 The forward pass is measured once with a dispatch mode that adds up the bytes of every tensor an
 operator creates (views and in-place results excluded). That sum bounds the activation memory of
-one sample from above, whatever the architecture, so ``budget // per_sample`` samples fit.
+one sample from above, whatever the architecture, so ``budget // per_sample`` samples fit. The
+same pass counts operators and the FLOPs of the matrix products and convolutions: numbers that
+depend on the model and the input shape only, so choices made from them (the occlusion engine)
+never change from one run to the next the way timings do.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import flop_registry
 
-__all__ = ["auto_chunk", "default_budget", "measure_forward"]
+__all__ = ["ForwardWork", "auto_chunk", "default_budget", "measure_forward"]
 
 # On the CPU, big batches stop paying once a call's activations overflow the caches. Measured at
 # 224 px on a 2-core EPYC with 32 MB L3: AlexNet (3 MB of activations per image) is fastest at
@@ -27,27 +32,46 @@ _CPU_ACTIVATION_BYTES = 96 << 20
 _CUDA_MAX_CHUNK = 1024
 
 
-class _CountBytes(TorchDispatchMode):
+@dataclass(frozen=True)
+class ForwardWork:
+    """What one forward pass did: bytes its operators allocated, operators run, and FLOPs of its
+    matrix products and convolutions (two per multiply-add). All zero when not `measured`."""
+
+    bytes: int = 0
+    ops: int = 0
+    flops: float = 0.0
+    measured: bool = False
+
+
+class _CountWork(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
-        self.total = 0
+        self.bytes, self.ops, self.flops = 0, 0, 0.0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         schema = func._schema
         if not func.is_view and not any(
             a.alias_info is not None and a.alias_info.is_write for a in schema.arguments
         ):
-            self.total += sum(t.nbytes for t in tree_leaves(out) if isinstance(t, Tensor))
+            self.bytes += sum(t.nbytes for t in tree_leaves(out) if isinstance(t, Tensor))
+        if not func.is_view:
+            self.ops += 1
+        count = flop_registry.get(func._overloadpacket)
+        if count is not None:
+            self.flops += float(count(*args, **kwargs, out_val=out))
         return out
 
 
-def measure_forward(model_fn: Callable[[Tensor], Tensor], batch: Tensor) -> tuple[Tensor, int]:
-    """Run ``model_fn(batch)`` without autograd; return the output and the bytes it allocated."""
-    counter = _CountBytes()
+def measure_forward(
+    model_fn: Callable[[Tensor], Tensor], batch: Tensor
+) -> tuple[Tensor, ForwardWork]:
+    """Run ``model_fn(batch)`` without autograd; return the output and the work it did."""
+    counter = _CountWork()
     with torch.no_grad(), counter:
         output = model_fn(batch)
-    return output, counter.total
+    return output, ForwardWork(counter.bytes, counter.ops, counter.flops, measured=True)
 
 
 def default_budget(device: torch.device) -> int:

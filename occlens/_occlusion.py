@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable, Iterator
 
 import torch
@@ -78,8 +77,10 @@ def occlusion(
     `occlens.targets`; `peak` targets are resolved on the clean image. `chunk_size` bounds the
     images per model call; by default it is chosen so that one call stays within
     `memory_budget` bytes and, on the CPU, near the caches. The same `key` gives bit-identical
-    noise for every `chunk_size`, and conv nets give bit-identical maps for every `chunk_size`
-    of 2 or more (single-image calls take other CPU kernels, equal to float rounding).
+    noise for every `chunk_size`, and bit-identical maps for every `chunk_size` of 2 or more
+    where the backend rounds a row the same at every batch size (single-image calls take other
+    CPU kernels; Intel MKL on AVX-512 CPUs needs ``MKL_CBWR=AUTO,STRICT`` in the environment).
+    Elsewhere chunk sizes agree to float rounding.
     `progress` shows a progress bar (``None``: for long runs on a terminal).
 
     `engine`: ``"batched"`` re-runs the whole model on every occluded image; ``"incremental"``
@@ -87,7 +88,9 @@ def occlusion(
     the occluder changes it (Krypton's incremental inference), and for a unit target only
     inside the unit's receptive field; ``"auto"`` (the default) runs the incremental engine
     where its cost model predicts it is faster, and goes straight to the batched engine when
-    the run is too short to repay tracing the model. Both are exact: they agree to float
+    the run is too short to repay tracing the model. It decides from the FLOPs, bytes and
+    operators of the clean pass, never from timings, so the same call always runs the same
+    engine and gives the same bits. Both are exact: they agree to float
     rounding (folding batch norm into the convolution before it changes the last bits).
     A model the incremental engine cannot run exactly (it does not trace, a layer is in
     training mode, a fill function) is run by the batched engine, with the reason logged at
@@ -117,20 +120,19 @@ def occlusion(
     optional_positive_int(memory_budget, CALL, "memory_budget")
     _check_flags(absolute, progress)
     check_choice(engine, ENGINES, CALL, "engine")
-    started = time.perf_counter()
-    clean, allocated = clean_forward(model_fn, batch, CALL, measure=chunk_size is None)
-    clean_seconds = time.perf_counter() - started
+    measure = chunk_size is None or engine == "auto"
+    clean, work = clean_forward(model_fn, batch, CALL, measure=measure)
     goal = as_target(target, CALL)
     goal.check(clean, CALL)
     goal = goal.resolve(clean)
     rows = len(grid) + 1
-    chunk = chunk_size or _auto_chunk(allocated // n, batch, rows, memory_budget)
+    chunk = chunk_size or _auto_chunk(work.bytes // n, batch, rows, memory_budget)
     with torch.no_grad(), progress_bar(n * rows, "occlusion", progress) as advance:
         deltas = None
         if engine != "batched":
             deltas = _incremental(
                 model_fn, batch, clean, goal, plan, grid, chunk_size, rng_state, engine, advance,
-                clean_seconds,
+                work, chunk,
             )  # fmt: skip
         if deltas is None:
             deltas = torch.empty(n, len(grid), dtype=clean.dtype, device=clean.device)
@@ -147,14 +149,14 @@ def occlusion(
 
 
 def _incremental(
-    model_fn, batch, clean, goal, plan, grid, chunk_size, rng_state, engine, advance, clean_seconds
+    model_fn, batch, clean, goal, plan, grid, chunk_size, rng_state, engine, advance, work, chunk
 ) -> Tensor | None:
     """Deltas from the incremental engine, or None where the batched engine must run."""
     from ._incremental import run_incremental
 
     return run_incremental(
         model_fn, batch, clean, goal, plan, grid, chunk_size,
-        noise_streams(plan, rng_state, batch, grid), engine, advance, clean_seconds,
+        noise_streams(plan, rng_state, batch, grid), engine, advance, work, chunk,
     )  # fmt: skip
 
 

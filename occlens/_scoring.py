@@ -44,7 +44,7 @@ class Scorer:
     ) -> None:
         optional_positive_int(batch_size, call, "batch_size")
         batch = image[None]
-        output, allocated = clean_forward(
+        output, work = clean_forward(
             model_fn, batch, call, measure=batch_size is None, argument="image"
         )
         goal = as_target(target, call)
@@ -55,7 +55,7 @@ class Scorer:
         self.image = image
         if batch_size is None:
             image_bytes = image.nbytes
-            activations = allocated or 64 * image_bytes
+            activations = work.bytes or 64 * image_bytes
             batch_size = auto_chunk(
                 activations, activations + 4 * image_bytes, default_budget(image.device),
                 image.device, 10**9,

@@ -55,10 +55,10 @@ def _plan(
     noise), and the noisy copies per call: `chunk_size`, or from the memory budget as for a
     forward and backward pass per copy, measured on the same clean forward pass."""
     goal = as_target(target, CALL)
-    clean, allocated = clean_forward(model_fn, batch, CALL, measure=chunk_size is None)
+    clean, work = clean_forward(model_fn, batch, CALL, measure=chunk_size is None)
     goal.check(clean, CALL)
     goal = goal.resolve(clean)
-    return goal, chunk_size or min(n, backward_copies(allocated, batch, None))
+    return goal, chunk_size or min(n, backward_copies(work.bytes, batch, None))
 
 
 def _stem(method, options: dict, kind: str, model_fn, batch: Tensor, n: int) -> LinearStem | None:

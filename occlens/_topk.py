@@ -236,7 +236,8 @@ def _auto_batch(model_fn: ModelFn, batch: Tensor) -> int:
     """Images per model call for a tensor input, from one image's measured forward pass."""
     with model_errors(CALL, batch[:1]):
         try:
-            _, allocated = measure_forward(model_fn, batch[:1])
+            _, work = measure_forward(model_fn, batch[:1])
+            allocated = work.bytes
         except (OcclensError, RuntimeError, TypeError, IndexError):
             raise
         except Exception:  # the counting mode may not follow every model: assume a deep net

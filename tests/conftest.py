@@ -6,6 +6,13 @@ import os
 import sys
 from pathlib import Path
 
+# Intel MKL on AVX-512 CPUs picks matrix-product kernels by the number of rows, so a row's value
+# depends on how many rows share the call, in the last bits: chunk sizes would then change
+# results through the BLAS, not through occlens. Its strict reproducibility mode does not do
+# that; the suite runs in it, so the bit-for-bit chunking checks test occlens's own arithmetic.
+# MKL reads the variable at its first call, after this; the notebooks' kernels inherit it.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
 import torch
 from hypothesis import HealthCheck, settings
 

@@ -8,6 +8,7 @@ it meant to test really ran (no silent fallback), from the debug log.
 from __future__ import annotations
 
 import logging
+import time
 from functools import cache
 
 import pytest
@@ -347,6 +348,34 @@ def test_auto_does_not_plan_runs_too_short_to_pay_for_it(debug_log):
     assert torch.equal(auto, ol.occlusion(model, x, 1, window=8, stride=8, engine="batched"))
     assert any("too short" in r.getMessage() for r in debug_log.records)
     assert not any("falls back" in r.getMessage() for r in debug_log.records)
+
+
+class _Slow(nn.Module):
+    """`model` behind a forward that sleeps: the same numbers, many times slower."""
+
+    def __init__(self, model: nn.Module, seconds: float) -> None:
+        super().__init__()
+        self.model, self.seconds = model, seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return self.model(x)
+
+
+@pytest.mark.parametrize(("window", "stride"), [(8, 8), (2, 1)])
+def test_auto_decides_from_counted_work_not_from_timings(window, stride):
+    """A model that sleeps in its forward (as a loaded machine would make it slow) gets the same
+    engine and the same bits: the choice rests on FLOPs and operators, not seconds."""
+    model, x = testing.tiny_cnn().double(), image(9, (3, 16, 16))
+    slow = _Slow(model, 0.05)
+    fast_plan = ol.explain_engine(model, x, 1, window=window, stride=stride)
+    slow_plan = ol.explain_engine(slow, x, 1, window=window, stride=stride)
+    assert fast_plan.engine == slow_plan.engine
+    assert fast_plan.reason.startswith("the batched run") == slow_plan.reason.startswith(
+        "the batched run"
+    )
+    runs = [ol.occlusion(m, x, 1, window=window, stride=stride) for m in (model, slow, model)]
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
 
 
 def test_model_and_input_are_untouched(debug_log):

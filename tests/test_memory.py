@@ -58,3 +58,23 @@ def test_fifty_thousand_positions_stay_under_two_gigabytes():
     assert report["shape"] == [13, 64, 64]
     assert report["finite"]
     assert report["peak_kib"] < 2 * 1024 * 1024, report
+
+
+def test_the_counted_work_of_a_forward_pass_is_its_closed_form():
+    """`measure_forward` counts bytes, operators and FLOPs: two per multiply-add of each
+    convolution and matrix product, from the shapes alone."""
+    import torch
+    from torch import nn
+
+    from occlens._memory import measure_forward
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    x = torch.rand(2, 3, 8, 8)
+    output, work = measure_forward(model, x)
+    conv = 2 * 4 * (3 * 3 * 3) * (6 * 6) * 2  # out channels, taps, positions, images
+    linear = 2 * (4 * 6 * 6) * 5 * 2
+    assert work.measured and work.flops == conv + linear
+    assert work.bytes >= 2 * (4 * 6 * 6) * 4 + output.nbytes  # the conv's output and the logits
+    assert work.ops >= 3  # convolution, relu, addmm (views such as flatten are not counted)
+    _, again = measure_forward(model, x)
+    assert again == work
