@@ -21,6 +21,7 @@ from ._checks import check_model, check_output, image_batch, model_errors
 from ._errors import fail
 from ._layers import split_at
 from ._rewire import Rewired
+from ._stem_backward import few_channel_backward
 from ._targets import TargetBase, as_target
 from ._types import Key, ModelFn, TargetLike
 
@@ -138,10 +139,11 @@ def _eager_gradient(
     """Plain autograd, for a call that nothing differentiates or transforms: the fastest path.
 
     Custom ``autograd.Function`` backward rules (guided, deconvnet) cost noticeably more under
-    ``torch.func.vjp`` than under plain autograd.
+    ``torch.func.vjp`` than under plain autograd. A stem convolution onto the colour channels
+    gets its input gradient from faster kernels (`occlens._stem_backward`).
     """
     leaf = autograd_leaf(point)
-    with torch.enable_grad(), model_errors(call, inputs):
+    with torch.enable_grad(), model_errors(call, inputs), few_channel_backward():
         output = function(leaf.clone())
     check_output(output, inputs, call)
     goal = _resolved(target, output, call)
