@@ -19,9 +19,9 @@ from torch.func import grad, vjp
 
 from ._checks import check_model, check_output, image_batch, model_errors
 from ._errors import fail
+from ._fast_kernels import fast_kernels
 from ._layers import split_at
 from ._rewire import Rewired
-from ._stem_backward import few_channel_backward
 from ._targets import TargetBase, as_target
 from ._types import Key, ModelFn, TargetLike
 
@@ -140,10 +140,11 @@ def _eager_gradient(
 
     Custom ``autograd.Function`` backward rules (guided, deconvnet) cost noticeably more under
     ``torch.func.vjp`` than under plain autograd. A stem convolution onto the colour channels
-    gets its input gradient from faster kernels (`occlens._stem_backward`).
+    gets its input gradient from faster kernels, and max pools run channels-last
+    (`occlens._fast_kernels`).
     """
     leaf = autograd_leaf(point)
-    with torch.enable_grad(), model_errors(call, inputs), few_channel_backward():
+    with torch.enable_grad(), model_errors(call, inputs), fast_kernels():
         output = function(leaf.clone())
     check_output(output, inputs, call)
     goal = _resolved(target, output, call)

@@ -15,9 +15,9 @@ other forms of the same sum run at the speed of ordinary convolutions and matrix
 Both are sums of the same products in another order, so they agree with the default to float
 rounding (5e-7 of the largest value in float32).
 
-`few_channel_backward()` is a ``TorchFunctionMode`` that routes ``conv2d`` calls whose input
-records a gradient and has at most `MAX_CHANNELS` channels through such a backward rule, for the
-span of one eager gradient computation. The weights are used as constants: only the input
+`stem_conv2d` routes a ``conv2d`` call whose input records a gradient and has at most
+`MAX_CHANNELS` channels through such a backward rule (`occlens._fast_kernels` does, for the span
+of one eager gradient computation). The weights are used as constants there: only the input
 gradient exists, which is all an input attribution asks for.
 """
 
@@ -29,9 +29,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.overrides import TorchFunctionMode
 
-__all__ = ["MAX_CHANNELS", "conv2d_input_gradient", "few_channel_backward"]
+__all__ = ["MAX_CHANNELS", "conv2d_input_gradient", "stem_conv2d"]
 
 MAX_CHANNELS = 4
 
@@ -118,21 +117,24 @@ class _FewChannelConv2d(torch.autograd.Function):
         return conv2d_input_gradient(grad, weight, size, stride, padding), None, None, None, None
 
 
-def _routable(args: tuple, kwargs: dict) -> tuple | None:
-    """``(x, weight, bias, stride, padding)`` of a ``conv2d`` call the fast rule covers."""
-    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-    values = dict(zip(names, args, strict=False)) | kwargs
-    x, weight = values.get("input"), values.get("weight")
-    bias = values.get("bias")
-    if not isinstance(x, Tensor) or not isinstance(weight, Tensor) or set(values) - set(names):
+_CONV2D_PARAMETERS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+
+
+def stem_conv2d(args: tuple, kwargs: dict) -> Tensor | None:
+    """``F.conv2d(*args, **kwargs)`` with the faster input gradient, or None where the call is
+    not one the rule covers (more channels, groups, dilation, a padding string, no gradient to
+    record, a tensor subclass, a device other than the CPU)."""
+    values = dict(zip(_CONV2D_PARAMETERS, args, strict=False)) | kwargs
+    x, weight, bias = values.get("input"), values.get("weight"), values.get("bias")
+    if not isinstance(x, Tensor) or not isinstance(weight, Tensor):
         return None
     padding = values.get("padding", 0)
-    if isinstance(padding, str) or values.get("groups", 1) != 1:
-        return None
-    if _pair(values.get("dilation", 1)) != (1, 1):
-        return None
     if (
-        x.dim() != 4
+        set(values) - set(_CONV2D_PARAMETERS)
+        or isinstance(padding, str)
+        or values.get("groups", 1) != 1
+        or _pair(values.get("dilation", 1)) != (1, 1)
+        or x.dim() != 4
         or weight.dim() != 4
         or not x.requires_grad
         or weight.shape[1] > MAX_CHANNELS
@@ -144,21 +146,5 @@ def _routable(args: tuple, kwargs: dict) -> tuple | None:
     ):
         return None
     bias = bias.detach() if isinstance(bias, Tensor) else None
-    return x, weight.detach(), bias, _pair(values.get("stride", 1)), _pair(padding)
-
-
-class _FewChannelMode(TorchFunctionMode):
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.conv2d:
-            routed = _routable(args, kwargs)
-            if routed is not None:
-                return _FewChannelConv2d.apply(*routed)
-        return func(*args, **kwargs)
-
-
-def few_channel_backward() -> TorchFunctionMode:
-    """A mode, entered for one eager gradient computation, under which the input gradient of a
-    ``conv2d`` onto at most `MAX_CHANNELS` channels comes from `conv2d_input_gradient`. The
-    parameters are taken as constants there: only input gradients are asked for."""
-    return _FewChannelMode()
+    stride = _pair(values.get("stride", 1))
+    return _FewChannelConv2d.apply(x, weight.detach(), bias, stride, _pair(padding))

@@ -1,7 +1,8 @@
-"""The faster input gradient of convolutions onto few channels (`occlens._stem_backward`).
+"""The faster kernels of eager gradients (`occlens._fast_kernels`): the input gradient of
+convolutions onto few channels (`occlens._stem_backward`) and channels-last max pools.
 
-References: ``torch.autograd.grad`` through ``F.conv2d`` (the default kernel), and a plain
-autograd loop over the images for the methods that route their stem through the rule.
+References: ``torch.autograd.grad`` through ``F.conv2d`` and ``F.max_pool2d`` with the default
+kernels, and a plain autograd loop over the images for the methods that route through them.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 import occlens as ol
+import occlens._fast_kernels as fast_kernels_module
 import occlens._stem_backward as stem_backward
 from occlens import testing
+from occlens._fast_kernels import POOL_ELEMENTS, fast_kernels
 from occlens._stem_backward import MAX_CHANNELS, conv2d_input_gradient
 
 
@@ -182,3 +185,118 @@ def test_float32_agrees_with_the_default_kernel_to_rounding():
     leaf = x.clone().requires_grad_()
     (reference,) = torch.autograd.grad(model(leaf)[torch.arange(2), target].sum(), leaf)
     assert rel(ol.saliency(model, x, target), reference) < 1e-5
+
+
+# ---------------------------------------------------------------- max pools
+
+
+@st.composite
+def pool_case(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    dy, dx = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    py, px = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    reach_y, reach_x = dy * (kh - 1) + 1, dx * (kw - 1) + 1
+    return {
+        "shape": (
+            draw(st.integers(1, 3)),
+            draw(st.integers(1, 6)),
+            draw(st.integers(reach_y, 20)),
+            draw(st.integers(reach_x, 20)),
+        ),
+        "kernel": (kh, kw),
+        "stride": draw(st.sampled_from([None, (1, 1), (2, 2), (2, 1), (3, 2)])),
+        "padding": (py, px),
+        "dilation": (dy, dx),
+        "ceil_mode": draw(st.booleans()),
+        "values": draw(st.sampled_from(["random", "ties", "relu zeros", "nan"])),
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+def _pool_input(case) -> torch.Tensor:
+    rng = torch.Generator().manual_seed(case["seed"])
+    shape = case["shape"]
+    if case["values"] == "ties":
+        return torch.randint(0, 3, shape, generator=rng).double()
+    x = torch.randn(shape, generator=rng, dtype=torch.float64)
+    if case["values"] == "relu zeros":
+        return x.clamp(min=0)
+    if case["values"] == "nan":
+        x[torch.rand(shape, generator=rng) > 0.9] = float("nan")
+    return x
+
+
+@given(pool_case())
+def test_channels_last_pools_give_the_same_bits_forward_and_backward(case):
+    """Values, gradients, ties (integers, ReLU zeros) and NaNs: torch.equal to the default."""
+    x = _pool_input(case)
+    options = {k: case[k] for k in ("stride", "padding", "dilation", "ceil_mode")}
+
+    def pooled(mode: bool):
+        leaf = x.clone().requires_grad_()
+        if mode:
+            with fast_kernels():
+                out = F.max_pool2d(leaf, case["kernel"], **options)
+        else:
+            out = F.max_pool2d(leaf, case["kernel"], **options)
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).double()
+        (gradient,) = torch.autograd.grad(out, leaf, grad)
+        return out, gradient
+
+    (out, gradient), (ref_out, ref_gradient) = pooled(True), pooled(False)
+    assert out.is_contiguous() and gradient.is_contiguous()
+    assert torch.equal(out.nan_to_num(7.0), ref_out.nan_to_num(7.0))
+    assert torch.equal(gradient, ref_gradient)
+
+
+def _pool_routes(monkeypatch) -> list:
+    calls: list = []
+    original = fast_kernels_module._ChannelsLastMaxPool2d.forward
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return original(*args)
+
+    monkeypatch.setattr(fast_kernels_module._ChannelsLastMaxPool2d, "forward", staticmethod(spy))
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("call", "routed"),
+    [
+        (lambda x: F.max_pool2d(x, 3, 2, 1), True),
+        (lambda x: torch.max_pool2d(x, 2), True),
+        (lambda x: nn.MaxPool2d(3, 2)(x), True),
+        (lambda x: F.max_pool2d(x, 2, return_indices=True)[0], False),
+        (lambda x: F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2), False),
+        (lambda x: F.max_pool2d(x[:, :, :, ::2], 2), False),  # a strided view
+        (lambda x: F.max_pool2d(x.repeat(1, 367, 1, 1), 2), False),  # > POOL_ELEMENTS per image
+    ],
+    ids=["F", "torch", "module", "indices", "channels-last", "strided", "large"],
+)
+def test_which_pools_run_channels_last(call, routed, monkeypatch):
+    assert POOL_ELEMENTS < 3 * 367 * 32 * 32
+    calls = _pool_routes(monkeypatch)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    ours = ol.saliency(lambda t: call(t).flatten(1)[:, :4], x, 1)
+    assert bool(calls) == routed, calls
+    leaf = x.clone().requires_grad_()
+    (reference,) = torch.autograd.grad(call(leaf).flatten(1)[:, 1].sum(), leaf)
+    assert torch.equal(ours, reference)
+
+
+def test_reference_pools_route_and_saliency_is_unchanged_bit_for_bit(monkeypatch):
+    """AlexNet's three pools and ResNet18's one take the route; with the stem rule off, the
+    saliency maps are the default kernels' bits."""
+    monkeypatch.setattr(stem_backward, "MAX_CHANNELS", 0)
+    for name, pools in (("alexnet", 3), ("resnet18", 1)):
+        calls = _pool_routes(monkeypatch)
+        model = getattr(testing, name)()
+        x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(9))
+        ours = ol.saliency(model, x, torch.tensor([1, 4]))
+        assert len(calls) == pools, (name, calls)
+        leaf = x.clone().requires_grad_()
+        (reference,) = torch.autograd.grad(
+            model(leaf)[torch.arange(2), torch.tensor([1, 4])].sum(), leaf
+        )
+        assert torch.equal(ours, reference), name
