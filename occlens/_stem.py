@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from ._checks import check_output, model_errors
+from ._fast_kernels import fast_kernels
 from ._gradients import _differentiated, _resolved, autograd_leaf, transformed
 from ._layers import _trace, split_at
 from ._rewire import Rewired
@@ -62,7 +63,7 @@ class LinearStem:
         leaf = autograd_leaf(activation)
         # The tail starts with a copy of its input (see `split_at`), so in-place layers after the
         # stem cannot write into the leaf.
-        with torch.enable_grad(), model_errors(call, activation):
+        with torch.enable_grad(), model_errors(call, activation), fast_kernels():
             output = check_output(self.tail(leaf), activation, call)
             goal = _resolved(target, output, call)
             (gradient,) = torch.autograd.grad(goal(output).sum(), leaf)
@@ -72,7 +73,7 @@ class LinearStem:
         """``L^T cotangent``: the input gradient, shaped like `inputs`, that the stem's output
         gradient `cotangent` stands for."""
         leaf = autograd_leaf(inputs)
-        with torch.enable_grad():
+        with torch.enable_grad(), fast_kernels():
             output = self.head(leaf)
             (gradient,) = torch.autograd.grad(output, leaf, cotangent.to(output.dtype))
         return gradient
