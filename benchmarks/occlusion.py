@@ -5,6 +5,7 @@
     python benchmarks/occlusion.py --units         # AlexNet unit targets at conv3 and conv5
     python benchmarks/occlusion.py --approximate   # Krypton's approximations on VGG16 (SSIM)
     python benchmarks/occlusion.py --trained       # the same on trained vs random weights
+    python benchmarks/occlusion.py --auto          # engine="auto" against both exact engines
     python benchmarks/occlusion.py --smoke         # seconds: a tiny model, to check the script runs
 
 The default setting is Krypton's (SIGMOD 2019): 224 x 224 images, window 16, stride 4, i.e.
@@ -426,6 +427,60 @@ def bench_trained(images: int, taus, drill) -> None:
             )
 
 
+AUTO_CASES = (
+    # (label, model, image side, images, window, stride): short runs near auto's planning gate,
+    # where a wrong choice costs most, and longer ones where the incremental engine should win.
+    ("shapes 64 w16 s8", "shapes", 64, 1, 16, 8),
+    ("shapes 64 w8 s4", "shapes", 64, 1, 8, 4),
+    ("shapes 64 w4 s2", "shapes", 64, 1, 4, 2),
+    ("shapes 64 x4 w8 s4", "shapes", 64, 4, 8, 4),
+    ("tiny_cnn 32 w4 s2", "tiny_cnn", 32, 1, 4, 2),
+    ("alexnet 64 w8 s4", "alexnet", 64, 1, 8, 4),
+    ("resnet18 64 w8 s4", "resnet18", 64, 1, 8, 4),
+    ("resnet18 112 w16 s8", "resnet18", 112, 1, 16, 8),
+    ("alexnet 224 w32 s32", "alexnet", 224, 1, 32, 32),
+    ("vgg16 112 w16 s8", "vgg16", 112, 1, 16, 8),
+)
+
+
+def bench_auto(rounds: int, cases=AUTO_CASES) -> None:
+    """``engine="auto"`` against the batched and the incremental engine on each case: what it
+    chose (`explain_engine`), and its time over the batched engine's and over the faster one's.
+    The acceptance bound is auto / batched <= 1.05."""
+    from occlens import zoo
+
+    print(
+        f"\nengine='auto' vs both exact engines, fastest of {rounds} interleaved rounds\n"
+        f"{'case':22s} {'auto chose':11s} {'batched s':>9s} {'increm. s':>9s} {'auto s':>8s} "
+        f"{'auto/batched':>12s} {'auto/fastest':>12s}  reason"
+    )
+    worst = 0.0
+    for label, name, side, count, window, stride in cases:
+        model = zoo.shapes() if name == "shapes" else getattr(ol.testing, name)()
+        x = torch.rand(count, 3, side, side, generator=torch.Generator().manual_seed(0))
+        options = {"window": window, "stride": stride}
+        plan = explain_engine(model, x, 0, **options)
+        runs = {
+            engine: (lambda e=engine, m=model, x=x, o=options: ol.occlusion(m, x, 0, engine=e, **o))
+            for engine in ("batched", "incremental", "auto")
+        }
+        for run in runs.values():  # warm-up
+            run()
+        best = dict.fromkeys(runs, math.inf)
+        for _ in range(rounds):
+            for engine, run in runs.items():
+                best[engine] = min(best[engine], seconds(run))
+        fastest = min(best["batched"], best["incremental"])
+        worst = max(worst, best["auto"] / best["batched"])
+        print(
+            f"{label:22s} {plan.engine:11s} {best['batched']:9.4f} {best['incremental']:9.4f} "
+            f"{best['auto']:8.4f} {best['auto'] / best['batched']:12.2f} "
+            f"{best['auto'] / fastest:12.2f}  {plan.reason}",
+            flush=True,
+        )
+    print(f"worst auto / batched: {worst:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -442,6 +497,7 @@ def main() -> None:
     parser.add_argument("--approximate", action="store_true", help="VGG16 tau / drill-down")
     parser.add_argument("--trained", action="store_true", help="trained vs random shapes model")
     parser.add_argument("--taus", type=float, nargs="+", default=[0.5, 0.3])
+    parser.add_argument("--auto", action="store_true", help="engine='auto' vs both engines")
     parser.add_argument("--smoke", action="store_true", help="tiny model: checks the script runs")
     args = parser.parse_args()
     print(
@@ -460,6 +516,9 @@ def main() -> None:
         return
     if args.trained:
         bench_trained(8, args.taus, (2, 0.25))
+        return
+    if args.auto:
+        bench_auto(5 if args.rounds == 2 else args.rounds)
         return
     if args.approximate:
         side = args.positions or SIDES["approximate"]
