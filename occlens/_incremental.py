@@ -47,18 +47,25 @@ __all__ = [
 
 log = logging.getLogger("occlens")
 
-# Cost model, calibrated on a 2-core CPU: seconds per FLOP of a conv, per byte gathered or
-# pasted, per patch step and chunk (Python and dispatch), per graph node (tracing and the clean
-# pass), and per op of a batched chunk under vmap.
-_SECONDS_PER_FLOP = 1.0 / 100e9
-_SECONDS_PER_BYTE = 1.0 / 20e9
-_SECONDS_PER_STEP = 100e-6
-_SECONDS_PER_NODE = 500e-6
-_SECONDS_PER_OP = 30e-6
+# Cost model: seconds per FLOP of a conv or matrix product, per byte gathered or pasted, per
+# patch step and chunk (Python and dispatch), per graph node (tracing and the clean pass), and
+# per op of a batched chunk under vmap. Fitted (least squares on the log of the time) to both
+# engines' measured times on 35 runs, on a 2-core AVX-512 CPU: the shapes model, tiny_cnn,
+# AlexNet, ResNet18 and VGG16 at 32-224 px, windows 4-32 (9-12321 occluders); the fit predicts
+# each engine's time to a factor of 1.3 (rms of the log), where the constants before it were
+# off by 1.9 and sent AlexNet at 64 px to the batched engine, 1.6x slower than the incremental.
+_SECONDS_PER_FLOP = 1.0 / 190e9
+_SECONDS_PER_BYTE = 1.0 / 50e9
+_SECONDS_PER_STEP = 110e-6
+_SECONDS_PER_NODE = 700e-6
+_SECONDS_PER_OP = 240e-6
 _BATCHED_CHUNK = 32
-# Planning: a trace and a clean pass through the traced graph.
-_SECONDS_TO_TRACE = 5e-3
-_SECONDS_PER_TRACED_MODULE = 100e-6
+# Planning: a trace and a clean pass through the traced graph, which reads every parameter
+# once (AlexNet's and VGG16's dense layers make that pass memory-bound at batch 1). Fitted to
+# the measured planning time of the same runs (3.5-74 ms) within 25%.
+_SECONDS_TO_TRACE = 2e-3
+_SECONDS_PER_TRACED_OP = 220e-6
+_SECONDS_PER_PARAMETER_BYTE = 1.0 / 25e9
 _PLANNING_SHARE = 20  # auto plans only when the batched run would take 20x the planning
 _MARGIN = 0.9  # auto picks the incremental engine only when predicted this much faster
 _CHUNK_BYTES = 24 << 20  # a chunk's largest read-in tensor
@@ -613,7 +620,7 @@ def _too_short_to_plan(
         return ""  # planning gives up at once, before tracing
     if work is None or not work.measured:
         return ""
-    modules = sum(1 for _ in model_fn.modules())
+    parameters = sum(t.nbytes for t in (*model_fn.parameters(), *model_fn.buffers()))
     count = images.shape[0]
     image_bytes = images[0].nbytes
     per_image = (
@@ -624,9 +631,9 @@ def _too_short_to_plan(
     batched = count * positions * per_image + calls * work.ops * _SECONDS_PER_OP
     planning = (
         _SECONDS_TO_TRACE
-        + modules * _SECONDS_PER_TRACED_MODULE
-        + per_image
-        + work.ops * _SECONDS_PER_OP
+        + work.ops * _SECONDS_PER_TRACED_OP
+        + work.flops / count * _SECONDS_PER_FLOP
+        + parameters * _SECONDS_PER_PARAMETER_BYTE
     )
     if batched >= _PLANNING_SHARE * planning:
         return ""
