@@ -87,13 +87,17 @@ def _pool_in_channels_last(args: tuple, kwargs: dict) -> Tensor | None:
     values = dict(zip(_POOL_PARAMETERS, args, strict=False)) | {
         k: v for k, v in kwargs.items() if k != "return_indices"
     }
-    x = values.get("input")
-    if set(values) - set(_POOL_PARAMETERS) or not _nchw_on_cpu(x) or x[0].numel() > POOL_ELEMENTS:
+    x, kernel = values.get("input"), values.get("kernel_size")
+    if (
+        set(values) - set(_POOL_PARAMETERS)
+        or kernel is None  # torch's own call raises its error
+        or not _nchw_on_cpu(x)
+        or x[0].numel() > POOL_ELEMENTS
+    ):
         return None
-    kernel = values["kernel_size"]
     stride = values.get("stride")
     return _ChannelsLastMaxPool2d.apply(
-        values["input"],
+        x,
         kernel,
         kernel if stride is None or (isinstance(stride, (list, tuple)) and not stride) else stride,
         values.get("padding", 0),
