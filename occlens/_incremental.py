@@ -32,7 +32,16 @@ from ._batching import quiet_vmap
 from ._fills import FillPlan
 from ._grid import Grid
 from ._incremental_geometry import Geometry, needed_regions, propagate
-from ._incremental_graph import Graph, GraphFailed, Step, Unsupported, Window, analyse, run_node
+from ._incremental_graph import (
+    Graph,
+    GraphFailed,
+    Step,
+    Unsupported,
+    Window,
+    analyse,
+    complete_dense,
+    run_node,
+)
 from ._memory import ForwardWork
 from ._targets import TargetBase, Unit
 
@@ -48,23 +57,28 @@ __all__ = [
 log = logging.getLogger("occlens")
 
 # Cost model: seconds per FLOP of a conv or matrix product, per byte gathered or pasted, per
-# patch step and chunk (Python and dispatch), per graph node (tracing and the clean pass), and
-# per op of a batched chunk under vmap. Fitted (least squares on the log of the time) to both
-# engines' measured times on 35 runs, on a 2-core AVX-512 CPU: the shapes model, tiny_cnn,
-# AlexNet, ResNet18 and VGG16 at 32-224 px, windows 4-32 (9-12321 occluders); the fit predicts
-# each engine's time to a factor of 1.3 (rms of the log), where the constants before it were
-# off by 1.9 and sent AlexNet at 64 px to the batched engine, 1.6x slower than the incremental.
-_SECONDS_PER_FLOP = 1.0 / 190e9
-_SECONDS_PER_BYTE = 1.0 / 50e9
-_SECONDS_PER_STEP = 110e-6
-_SECONDS_PER_NODE = 700e-6
-_SECONDS_PER_OP = 240e-6
+# patch step and chunk (Python and dispatch), per graph node (tracing and the clean pass), per
+# op of a batched chunk under vmap, and per parameter byte read by each chunk (the dense layers
+# of AlexNet and VGG16 read hundreds of MB per call, whatever its batch). Fitted (least squares
+# on the log of the time) to both engines' measured times on 35 runs, on a 2-core AVX-512 CPU:
+# the shapes model, tiny_cnn, AlexNet, ResNet18 and VGG16 at 32-224 px, windows 4-32 (9-12321
+# occluders). The fit predicts each engine's time to a factor of 1.18 (rms of the log) and
+# picks an engine within 5% of the faster one on all 35; the constants before it were off by a
+# factor of 1.9 and sent AlexNet at 64 px to the batched engine, 1.6x slower than the other.
+_SECONDS_PER_FLOP = 1.0 / 284e9
+_SECONDS_PER_BYTE = 1.0 / 11e9
+_SECONDS_PER_STEP = 89e-6
+_SECONDS_PER_NODE = 605e-6
+_SECONDS_PER_OP = 162e-6
+_SECONDS_PER_CHUNK_PARAMETER_BYTE = 1.0 / 8.5e9
 _BATCHED_CHUNK = 32
-# Planning: a trace and a clean pass through the traced graph, which reads every parameter
-# once (AlexNet's and VGG16's dense layers make that pass memory-bound at batch 1). Fitted to
-# the measured planning time of the same runs (3.5-74 ms) within 25%.
+# Planning: a trace and a clean pass of one image through the traced graph, slower per FLOP
+# than a batch, which reads every parameter once; the dense linear layers wait for the
+# decision (`analyse(defer_dense=True)`). Fitted to the measured planning time of the same runs
+# (3.3-56 ms) within 25%.
 _SECONDS_TO_TRACE = 2e-3
 _SECONDS_PER_TRACED_OP = 220e-6
+_SECONDS_PER_CLEAN_FLOP = 1.0 / 190e9
 _SECONDS_PER_PARAMETER_BYTE = 1.0 / 25e9
 _PLANNING_SHARE = 20  # auto plans only when the batched run would take 20x the planning
 _MARGIN = 0.9  # auto picks the incremental engine only when predicted this much faster
@@ -127,13 +141,18 @@ class _Work:
     steps: int  # patch nodes
     nodes: int  # graph nodes
     chunk: int
+    batched_chunk: int  # images per call of the batched engine
+    parameters: int  # bytes of the model's parameters and buffers
 
     def batched(self) -> float:
-        chunks = math.ceil((self.positions + 1) / _BATCHED_CHUNK)
-        return (
-            self.positions * (self.flops_full * _SECONDS_PER_FLOP)
-            + self.positions * (4 * self.image_bytes + 2 * self.activations) * _SECONDS_PER_BYTE
-            + chunks * self.nodes * _SECONDS_PER_OP
+        return _batched_seconds(
+            self.positions,
+            self.flops_full,
+            self.image_bytes,
+            self.activations,
+            self.nodes,
+            self.batched_chunk,
+            self.parameters,
         )
 
     def incremental(self) -> float:
@@ -141,12 +160,43 @@ class _Work:
         return (
             self.live * (self.flops_patch * _SECONDS_PER_FLOP + self.moved * _SECONDS_PER_BYTE)
             + chunks * self.steps * _SECONDS_PER_STEP
+            + chunks * self.parameters * _SECONDS_PER_CHUNK_PARAMETER_BYTE
             + self.nodes * _SECONDS_PER_NODE
             + self.flops_full * _SECONDS_PER_FLOP  # the clean pass
         )
 
 
-def _work(g: Graph, geo: Geometry, image: Tensor, chunk: int) -> _Work:
+def _batched_seconds(
+    positions: int,
+    flops: float,
+    image_bytes: float,
+    activations: float,
+    ops: int,
+    chunk: int,
+    parameters: int,
+) -> float:
+    """The batched engine's predicted seconds for one image: the clean copy and `positions`
+    occluded ones through the whole model (`flops`, `activations` bytes and `ops` operators an
+    image), `chunk` per call."""
+    chunks = math.ceil((positions + 1) / max(chunk, 1))
+    per_image = flops * _SECONDS_PER_FLOP + (4 * image_bytes + 2 * activations) * _SECONDS_PER_BYTE
+    return positions * per_image + chunks * (
+        ops * _SECONDS_PER_OP + parameters * _SECONDS_PER_CHUNK_PARAMETER_BYTE
+    )
+
+
+def _parameter_bytes(model: torch.nn.Module, *, dense_linear: bool = True) -> int:
+    """Bytes of the model's parameters and buffers; without the `nn.Linear` layers' where not
+    `dense_linear` (what planning's clean pass reads, see `analyse(defer_dense=True)`)."""
+    return sum(
+        t.nbytes
+        for module in model.modules()
+        if dense_linear or type(module) is not torch.nn.Linear
+        for t in (*module.parameters(recurse=False), *module.buffers(recurse=False))
+    )
+
+
+def _work(g: Graph, geo: Geometry, image: Tensor, chunk: int, batched_chunk: int) -> _Work:
     item = image.element_size()
     flops = g.dense_flops
     moved = 0.0
@@ -176,6 +226,8 @@ def _work(g: Graph, geo: Geometry, image: Tensor, chunk: int) -> _Work:
         steps=len(geo.size),
         nodes=len(g.nodes),
         chunk=chunk,
+        batched_chunk=batched_chunk,
+        parameters=_parameter_bytes(g.root),
     )
 
 
@@ -194,6 +246,13 @@ def _chunk_for(g: Graph, geo: Geometry, image: Tensor, chunk_size: int | None) -
     return int(min(256, max(4, _CHUNK_BYTES // (largest * image.element_size()))))
 
 
+def _planning_analysis(model_fn: object, image: Tensor) -> Graph:
+    try:
+        return analyse(model_fn, image, defer_dense=True)  # type: ignore[arg-type]
+    except GraphFailed:  # the dense head could not take a stand-in: analyse it for real
+        return analyse(model_fn, image)  # type: ignore[arg-type]
+
+
 def plan(
     model_fn: object,
     image: Tensor,
@@ -201,17 +260,21 @@ def plan(
     grid: Grid,
     chunk_size: int | None = None,
     graph: Graph | None = None,
+    batched_chunk: int = _BATCHED_CHUNK,
 ) -> tuple[EnginePlan, Graph | None]:
-    """What ``engine="auto"`` runs for `image` ``[1, C, H, W]`` (the first of the batch).
+    """What ``engine="auto"`` runs for `image` ``[1, C, H, W]`` (the first of the batch), whose
+    batched engine would take `batched_chunk` images per call.
 
-    `graph` is `image`'s analysis, where the caller has it already.
+    `graph` is `image`'s analysis, where the caller has it already; otherwise the analysis made
+    here defers the dense linear layers (`analyse`), and `complete_dense` must run before the
+    graph is.
     """
     try:
-        g = graph if graph is not None else analyse(model_fn, image)  # type: ignore[arg-type]
+        g = graph if graph is not None else _planning_analysis(model_fn, image)
     except Unsupported as error:
         return EnginePlan("batched", str(error), positions=len(grid)), None
     geo = _prepare(g, grid, goal, None)
-    work = _work(g, geo, image, _chunk_for(g, geo, image, chunk_size))
+    work = _work(g, geo, image, _chunk_for(g, geo, image, chunk_size), batched_chunk)
     batched, incremental = work.batched(), work.incremental()
     engine, reason = "incremental", ""
     if incremental > _MARGIN * batched:
@@ -587,10 +650,11 @@ def run_incremental(
             image = batch[row : row + 1]
             target = goal.select(row)
             if row == 0 and engine == "auto":
-                decision, g = plan(model_fn, image, target, grid, chunk_size)
+                decision, g = plan(model_fn, image, target, grid, chunk_size, None, chunk)
                 if decision.engine != "incremental" or g is None:
                     log.debug("occlens: occlusion runs the batched engine: %s", decision.reason)
                     return None
+                complete_dense(g)
             else:  # the first image's trace serves the others
                 g = analyse(model_fn, image, like=g)  # type: ignore[arg-type]
             _check_clean(g, clean[row : row + 1])
@@ -620,20 +684,16 @@ def _too_short_to_plan(
         return ""  # planning gives up at once, before tracing
     if work is None or not work.measured:
         return ""
-    parameters = sum(t.nbytes for t in (*model_fn.parameters(), *model_fn.buffers()))
     count = images.shape[0]
-    image_bytes = images[0].nbytes
-    per_image = (
-        work.flops / count * _SECONDS_PER_FLOP
-        + (4 * image_bytes + 2 * work.bytes / count) * _SECONDS_PER_BYTE
+    flops, activations = work.flops / count, work.bytes / count
+    batched = count * _batched_seconds(
+        positions, flops, images[0].nbytes, activations, work.ops, chunk, _parameter_bytes(model_fn)
     )
-    calls = math.ceil(count * (positions + 1) / max(chunk, 1))
-    batched = count * positions * per_image + calls * work.ops * _SECONDS_PER_OP
     planning = (
         _SECONDS_TO_TRACE
         + work.ops * _SECONDS_PER_TRACED_OP
-        + work.flops / count * _SECONDS_PER_FLOP
-        + parameters * _SECONDS_PER_PARAMETER_BYTE
+        + flops * _SECONDS_PER_CLEAN_FLOP
+        + _parameter_bytes(model_fn, dense_linear=False) * _SECONDS_PER_PARAMETER_BYTE
     )
     if batched >= _PLANNING_SHARE * planning:
         return ""
@@ -717,7 +777,7 @@ def explain_engine(
         ) from error
     except Unsupported as error:
         return EnginePlan("batched", str(error), positions=len(grid))
-    decision, g = plan(model_fn, image, goal, grid, chunk_size, graph)
+    decision, g = plan(model_fn, image, goal, grid, chunk_size, graph, chunk)
     if g is not None:
         try:
             _check_clean(g, clean[:1])

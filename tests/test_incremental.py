@@ -350,6 +350,50 @@ def test_auto_does_not_plan_runs_too_short_to_pay_for_it(debug_log):
     assert not any("falls back" in r.getMessage() for r in debug_log.records)
 
 
+class _CheckedHead(nn.Module):
+    """A conv net whose dense head inverts its logits, which fails on all-zero logits:
+    planning's zero stand-in for the dense linear layer makes it fail, and planning must then
+    analyse it for real."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.fc = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.fc(torch.flatten(self.features(x), 1))
+        return torch.linalg.inv(torch.diag_embed(logits)).diagonal(dim1=-2, dim2=-1)
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg16", "resnet18", "checked head"])
+def test_planning_with_deferred_dense_layers_decides_as_the_full_analysis(name):
+    """Planning skips the dense linear layers (zero stand-ins): the same plan as a full
+    analysis, and after `complete_dense` the same clean values, bit for bit."""
+    from occlens._incremental import plan
+    from occlens._incremental_graph import analyse, complete_dense
+    from occlens._occlusion import _grid
+    from occlens._targets import as_target
+
+    model = _CheckedHead().double().eval() if name == "checked head" else reference(name)
+    side = 16 if name == "checked head" else 64
+    x = image(11, (1, 3, side, side))
+    grid = _grid(x, 8, 8, "fit", "mean", None)
+    goal = as_target(1, "test").resolve(model(x))
+    full = analyse(model, x)
+    deferred_plan, g = plan(model, x, goal, grid)
+    assert deferred_plan == plan(model, x, goal, grid, graph=full)[0]
+    assert g.deferred == (name != "checked head")  # the head's stand-in failed: analysed for real
+    complete_dense(g)
+    assert not g.deferred
+    clean = {node.name: value for node, value in g.clean.items()}
+    for node, value in full.clean.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(clean[node.name], value), node.name
+    if name == "checked head":
+        batched = ol.occlusion(model, x[0], 1, window=4, stride=2, engine="batched")
+        assert close(ol.occlusion(model, x[0], 1, window=4, stride=2, engine="auto"), batched)
+
+
 class _Slow(nn.Module):
     """`model` behind a forward that sleeps: the same numbers, many times slower."""
 
