@@ -23,6 +23,7 @@ __all__ = [
     "check_model_fn",
     "clean_forward",
     "image_batch",
+    "int_pair",
     "positive_pair",
 ]
 
@@ -116,6 +117,16 @@ def _all_finite(x: Tensor) -> bool:
         return math.isfinite(float(x.detach().sum())) or bool(torch.isfinite(x).all())
     except RuntimeError:  # a vmapped tensor refuses .item()
         return True
+
+
+def int_pair(value: object) -> tuple[int, int]:
+    """A layer's ``int`` or 1- or 2-element size argument (stride, padding, ...) as ``(h, w)``.
+    Torch has accepted it already, so nothing is checked here (see `positive_pair`)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) == 1:
+            return int(value[0]), int(value[0])
+        return int(value[0]), int(value[1])
+    return int(value), int(value)  # type: ignore[arg-type]
 
 
 def positive_pair(value: object, call: str, argument: str) -> tuple[int, int]:

@@ -25,13 +25,54 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from ._stem_backward import stem_conv2d
+from ._checks import int_pair
+from ._stem_backward import FewChannelConv2d
 
-__all__ = ["POOL_ELEMENTS", "fast_kernels"]
+__all__ = ["MAX_CHANNELS", "POOL_ELEMENTS", "fast_kernels"]
 
-_MAX_POOLS = (F.max_pool2d, torch.max_pool2d)
+MAX_CHANNELS = 4
 POOL_ELEMENTS = 1 << 20
+_MAX_POOLS = (F.max_pool2d, torch.max_pool2d)
+_CONV2D_PARAMETERS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _POOL_PARAMETERS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode")
+
+
+def _bound(names: tuple[str, ...], args: tuple, kwargs: dict) -> dict | None:
+    """The call's arguments by name, or None where they are not all among `names`."""
+    if len(args) > len(names) or set(kwargs) - set(names):
+        return None
+    return dict(zip(names, args, strict=False)) | kwargs
+
+
+def _stem_conv2d(args: tuple, kwargs: dict) -> Tensor | None:
+    """``F.conv2d(*args, **kwargs)`` with the faster input gradient, or None where the call is
+    not one the rule covers (more than `MAX_CHANNELS` input channels, groups, dilation, a
+    padding string, no gradient to record, a tensor subclass, a device other than the CPU)."""
+    values = _bound(_CONV2D_PARAMETERS, args, kwargs)
+    if values is None:
+        return None
+    x, weight, bias = values.get("input"), values.get("weight"), values.get("bias")
+    padding = values.get("padding", 0)
+    if (
+        not isinstance(x, Tensor)
+        or not isinstance(weight, Tensor)
+        or isinstance(padding, str)
+        or values.get("groups", 1) != 1
+        or int_pair(values.get("dilation", 1)) != (1, 1)
+        or x.dim() != 4
+        or weight.dim() != 4
+        or not x.requires_grad
+        or weight.shape[1] > MAX_CHANNELS
+        or x.device.type != "cpu"
+        or x.dtype not in (torch.float32, torch.float64)
+        or weight.dtype != x.dtype
+        or type(x) is not Tensor
+        or type(weight) not in (Tensor, torch.nn.Parameter)
+    ):
+        return None
+    bias = bias.detach() if isinstance(bias, Tensor) else None
+    stride = int_pair(values.get("stride", 1))
+    return FewChannelConv2d.apply(x, weight.detach(), bias, stride, int_pair(padding))
 
 
 def _nchw_on_cpu(x: object) -> bool:
@@ -82,15 +123,16 @@ def _pool_in_channels_last(args: tuple, kwargs: dict) -> Tensor | None:
     """``max_pool2d(*args, **kwargs)`` through `_ChannelsLastMaxPool2d`, or None where the
     call asks for indices, or its input is not a contiguous NCHW tensor on the CPU of at most
     `POOL_ELEMENTS` values per image."""
-    if kwargs.get("return_indices") or len(args) > len(_POOL_PARAMETERS):
+    if kwargs.get("return_indices"):
         return None
-    values = dict(zip(_POOL_PARAMETERS, args, strict=False)) | {
-        k: v for k, v in kwargs.items() if k != "return_indices"
-    }
+    values = _bound(
+        _POOL_PARAMETERS, args, {k: v for k, v in kwargs.items() if k != "return_indices"}
+    )
+    if values is None:
+        return None
     x, kernel = values.get("input"), values.get("kernel_size")
     if (
-        set(values) - set(_POOL_PARAMETERS)
-        or kernel is None  # torch's own call raises its error
+        kernel is None  # torch's own call raises its error
         or not _nchw_on_cpu(x)
         or x[0].numel() > POOL_ELEMENTS
     ):
@@ -110,7 +152,7 @@ class _FastKernels(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.conv2d:
-            routed = stem_conv2d(args, kwargs)
+            routed = _stem_conv2d(args, kwargs)
             if routed is not None:
                 return routed
         elif func in _MAX_POOLS:

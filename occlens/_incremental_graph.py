@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from ._checks import int_pair
 from ._layers import HookedLayer, HookedTail
 
 __all__ = [
@@ -300,14 +301,6 @@ def _spatial(value: object) -> bool:
     )
 
 
-def _pair(value: object) -> tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        if len(value) == 1:
-            return int(value[0]), int(value[0])
-        return int(value[0]), int(value[1])
-    return int(value), int(value)  # type: ignore[arg-type]
-
-
 def _literal(node: fx.Node, index: int, name: str, default: object) -> object:
     value = node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
     if isinstance(value, fx.Node):
@@ -409,7 +402,7 @@ class _Builder:
         self, node, source, inp, weight, bias, stride, padding, dilation, groups, size, channels
     ) -> Step:
         k = (int(weight.shape[2]), int(weight.shape[3]))
-        s, d = _pair(stride), _pair(dilation)
+        s, d = int_pair(stride), int_pair(dilation)
         if isinstance(padding, str):
             if padding == "valid":
                 lo, hi = (0, 0), (0, 0)
@@ -418,7 +411,7 @@ class _Builder:
                 lo = (total[0] // 2, total[1] // 2)
                 hi = (total[0] - lo[0], total[1] - lo[1])
         else:
-            lo = hi = _pair(padding)
+            lo = hi = int_pair(padding)
         window = _window(k, s, d, lo, hi, inp.shape[2:], size)
 
         def apply(u: Tensor, w=weight, b=bias) -> Tensor:
@@ -479,11 +472,11 @@ class _Builder:
 
     def _pool(self, node, source, module, size, channels) -> Step:
         inp = self.clean[source]
-        k = _pair(module.kernel_size)
-        s = _pair(module.stride if module.stride is not None else module.kernel_size)
-        p = _pair(module.padding)
+        k = int_pair(module.kernel_size)
+        s = int_pair(module.stride if module.stride is not None else module.kernel_size)
+        p = int_pair(module.padding)
         if isinstance(module, nn.MaxPool2d):
-            d = _pair(module.dilation)
+            d = int_pair(module.dilation)
             window = _window(k, s, d, p, p, inp.shape[2:], size)
 
             def apply_max(u: Tensor) -> Tensor:
@@ -705,10 +698,7 @@ def analyse(
                 clean[node], kinds[node], deferred = stand_in, "dense", True
                 dense.append(node)
                 continue
-            try:
-                clean[node] = run_node(node, clean, model)
-            except Exception as error:
-                raise GraphFailed(f"the traced graph fails at {node.name}: {error}") from error
+            clean[node] = _clean_value(node, clean, model)
             inputs = node.all_input_nodes
             if node.op == "get_attr" or all(kinds[n] == "const" for n in inputs):
                 kinds[node] = "const"
@@ -745,8 +735,9 @@ def _linear_stand_in(node: fx.Node, clean: dict, kinds: dict, root: nn.Module) -
     source = node.args[0]
     if kinds.get(source) != "dense" or not isinstance(clean.get(source), Tensor):
         return None
-    if node.op == "call_module" and type(root.get_submodule(str(node.target))) is nn.Linear:
-        features = root.get_submodule(str(node.target)).out_features
+    module = root.get_submodule(str(node.target)) if node.op == "call_module" else None
+    if type(module) is nn.Linear:
+        features = module.out_features
     elif node.op == "call_function" and node.target is F.linear and len(node.args) > 1:
         weight = clean.get(node.args[1]) if isinstance(node.args[1], fx.Node) else None
         if not isinstance(weight, Tensor) or weight.ndim != 2:
@@ -768,11 +759,16 @@ def complete_dense(g: Graph) -> None:
     }
     with torch.no_grad():
         for node in g.dense:
-            try:
-                values[node] = g.clean[node] = run_node(node, values, g.root)
-            except Exception as error:
-                raise GraphFailed(f"the traced graph fails at {node.name}: {error}") from error
+            values[node] = g.clean[node] = _clean_value(node, values, g.root)
     g.deferred = False
+
+
+def _clean_value(node: fx.Node, values: dict, root: nn.Module) -> object:
+    """`run_node` on the clean image, its failure a `GraphFailed` naming the node."""
+    try:
+        return run_node(node, values, root)
+    except Exception as error:
+        raise GraphFailed(f"the traced graph fails at {node.name}: {error}") from error
 
 
 def _dense_flops(g: Graph) -> float:

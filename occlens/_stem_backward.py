@@ -15,31 +15,20 @@ other forms of the same sum run at the speed of ordinary convolutions and matrix
 Both are sums of the same products in another order, so they agree with the default to float
 rounding (5e-7 of the largest value in float32).
 
-`stem_conv2d` routes a ``conv2d`` call whose input records a gradient and has at most
-`MAX_CHANNELS` channels through such a backward rule (`occlens._fast_kernels` does, for the span
-of one eager gradient computation). The weights are used as constants there: only the input
-gradient exists, which is all an input attribution asks for.
+`FewChannelConv2d` is a ``conv2d`` with that backward rule; `occlens._fast_kernels` routes a
+stem's calls through it for the span of one eager gradient computation. The weights are
+constants there: only the input gradient exists, which is all an input attribution asks for.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["MAX_CHANNELS", "conv2d_input_gradient", "stem_conv2d"]
-
-MAX_CHANNELS = 4
-
-
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
-    first, second = value
-    return int(first), int(second)
+__all__ = ["FewChannelConv2d", "conv2d_input_gradient"]
 
 
 def _polyphase_weight(weight: Tensor, stride: tuple[int, int]) -> Tensor:
@@ -97,7 +86,7 @@ def _shuffle(phased: Tensor, channels: int, stride: tuple[int, int]) -> Tensor:
     return grid.reshape(batch, channels, h * sy, w * sx)
 
 
-class _FewChannelConv2d(torch.autograd.Function):
+class FewChannelConv2d(torch.autograd.Function):
     """``conv2d(x, weight, bias, stride, padding)`` whose backward is `conv2d_input_gradient`."""
 
     @staticmethod
@@ -115,36 +104,3 @@ class _FewChannelConv2d(torch.autograd.Function):
         (weight,) = ctx.saved_tensors
         size, stride, padding = ctx.geometry
         return conv2d_input_gradient(grad, weight, size, stride, padding), None, None, None, None
-
-
-_CONV2D_PARAMETERS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-
-
-def stem_conv2d(args: tuple, kwargs: dict) -> Tensor | None:
-    """``F.conv2d(*args, **kwargs)`` with the faster input gradient, or None where the call is
-    not one the rule covers (more channels, groups, dilation, a padding string, no gradient to
-    record, a tensor subclass, a device other than the CPU)."""
-    values = dict(zip(_CONV2D_PARAMETERS, args, strict=False)) | kwargs
-    x, weight, bias = values.get("input"), values.get("weight"), values.get("bias")
-    if not isinstance(x, Tensor) or not isinstance(weight, Tensor):
-        return None
-    padding = values.get("padding", 0)
-    if (
-        set(values) - set(_CONV2D_PARAMETERS)
-        or isinstance(padding, str)
-        or values.get("groups", 1) != 1
-        or _pair(values.get("dilation", 1)) != (1, 1)
-        or x.dim() != 4
-        or weight.dim() != 4
-        or not x.requires_grad
-        or weight.shape[1] > MAX_CHANNELS
-        or x.device.type != "cpu"
-        or x.dtype not in (torch.float32, torch.float64)
-        or weight.dtype != x.dtype
-        or type(x) is not Tensor
-        or type(weight) not in (Tensor, torch.nn.Parameter)
-    ):
-        return None
-    bias = bias.detach() if isinstance(bias, Tensor) else None
-    stride = _pair(values.get("stride", 1))
-    return _FewChannelConv2d.apply(x, weight.detach(), bias, stride, _pair(padding))

@@ -19,8 +19,8 @@ import occlens as ol
 import occlens._fast_kernels as fast_kernels_module
 import occlens._stem_backward as stem_backward
 from occlens import testing
-from occlens._fast_kernels import POOL_ELEMENTS, fast_kernels
-from occlens._stem_backward import MAX_CHANNELS, conv2d_input_gradient
+from occlens._fast_kernels import MAX_CHANNELS, POOL_ELEMENTS, fast_kernels
+from occlens._stem_backward import conv2d_input_gradient
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -99,7 +99,7 @@ def test_reference_stems_route_through_the_rule_and_equal_autograd(name, monkeyp
     guided = ol.saliency(ol.guided(model), x, target)
     assert len(calls) == 2
     calls.clear()
-    monkeypatch.setattr(stem_backward, "MAX_CHANNELS", 0)  # the rule switched off
+    monkeypatch.setattr(fast_kernels_module, "MAX_CHANNELS", 0)  # the rule switched off
     plain_guided = ol.saliency(ol.guided(model), x, target)
     assert not calls
     assert rel(guided, plain_guided) < 1e-12
@@ -288,7 +288,7 @@ def test_which_pools_run_channels_last(call, routed, monkeypatch):
 def test_reference_pools_route_and_saliency_is_unchanged_bit_for_bit(monkeypatch):
     """AlexNet's three pools and ResNet18's one take the route; with the stem rule off, the
     saliency maps are the default kernels' bits."""
-    monkeypatch.setattr(stem_backward, "MAX_CHANNELS", 0)
+    monkeypatch.setattr(fast_kernels_module, "MAX_CHANNELS", 0)
     for name, pools in (("alexnet", 3), ("resnet18", 1)):
         calls = _pool_routes(monkeypatch)
         model = getattr(testing, name)()
