@@ -744,13 +744,15 @@ def explain_engine(
     >>> ol.explain_engine(lambda t: t.mean((2, 3)), torch.rand(3, 8, 8), 0, window=2).reason
     'model_fn is not an nn.Module, so torch.fx cannot trace it'
     """
-    from ._checks import clean_forward, image_batch
+    from ._checks import clean_forward, image_batch, optional_positive_int
     from ._errors import fail
     from ._fills import plan_fill
     from ._occlusion import CALL, _auto_chunk, _grid
     from ._targets import as_target
 
     batch, _ = image_batch(x, "explain_engine")
+    optional_positive_int(chunk_size, "explain_engine", "chunk_size")
+    optional_positive_int(memory_budget, "explain_engine", "memory_budget")
     grid = _grid(batch, window, stride, edge, aggregate, box)
     filling = plan_fill(fill, batch, CALL)
     if filling.static is None and filling.noise is None:

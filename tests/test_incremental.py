@@ -338,6 +338,9 @@ def test_auto_picks_an_exact_engine_and_says_which(debug_log):
     assert plan.flops_incremental < plan.flops_full
     with pytest.raises(ol.OcclensError, match="engine"):
         ol.occlusion(small, x, 1, window=4, engine="fast")
+    for argument, value in (("chunk_size", 0), ("memory_budget", -1), ("memory_budget", 1.5)):
+        with pytest.raises(ol.OcclensError, match=rf"explain_engine\({argument}\)"):
+            ol.explain_engine(small, x, 1, window=4, **{argument: value})
 
 
 def test_auto_does_not_plan_runs_too_short_to_pay_for_it(debug_log):
