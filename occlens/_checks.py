@@ -244,20 +244,27 @@ def model_errors(call: str, batch: Tensor) -> Iterator[None]:
 
 
 def clean_forward(
-    model_fn, batch: Tensor, call: str, *, measure: bool = False, argument: str = "x"
+    model_fn,
+    batch: Tensor,
+    call: str,
+    *,
+    measure: bool = False,
+    argument: str = "x",
+    layers: bool = False,
 ) -> tuple[Tensor, ForwardWork]:
     """Run the model once on the clean batch (no autograd) and check what comes back.
 
     Returns the output and, with `measure`, the work of the forward pass: the bytes it allocated,
     its operators and FLOPs (else, or where the counting mode fails, an unmeasured `ForwardWork`
-    of zeros). `argument` names the input in errors about its dtype or device.
+    of zeros), with the log of its image layers where `layers` is set. `argument` names the
+    input in errors about its dtype or device.
     """
     check_model(model_fn, batch, call, argument)
     work = ForwardWork()
     with model_errors(call, batch):
         if measure:
             try:
-                output, work = measure_forward(model_fn, batch)
+                output, work = measure_forward(model_fn, batch, layers=layers)
             except OcclensError:
                 raise
             except Exception as error:  # the counting mode itself may not follow every model

@@ -31,6 +31,7 @@ from torch import Tensor, fx
 from ._batching import quiet_vmap
 from ._fills import FillPlan
 from ._grid import Grid
+from ._incremental_bound import patch_work
 from ._incremental_geometry import Geometry, needed_regions, propagate
 from ._incremental_graph import (
     Graph,
@@ -82,6 +83,7 @@ _SECONDS_PER_CLEAN_FLOP = 1.0 / 190e9
 _SECONDS_PER_PARAMETER_BYTE = 1.0 / 25e9
 _PLANNING_SHARE = 20  # auto plans only when the batched run would take 20x the planning
 _MARGIN = 0.9  # auto picks the incremental engine only when predicted this much faster
+_SURE = 0.8  # ... and plans a short run only when the layer log predicts this much more
 _CHUNK_BYTES = 24 << 20  # a chunk's largest read-in tensor
 
 
@@ -188,12 +190,28 @@ def _batched_seconds(
 def _parameter_bytes(model: torch.nn.Module, *, dense_linear: bool = True) -> int:
     """Bytes of the model's parameters and buffers; without the `nn.Linear` layers' where not
     `dense_linear` (what planning's clean pass reads, see `analyse(defer_dense=True)`)."""
-    return sum(
-        t.nbytes
-        for module in model.modules()
-        if dense_linear or type(module) is not torch.nn.Linear
-        for t in (*module.parameters(recurse=False), *module.buffers(recurse=False))
-    )
+    return _ModelSize.of(model).parameters if dense_linear else _ModelSize.of(model).traced
+
+
+@dataclass(frozen=True)
+class _ModelSize:
+    """From one walk over the modules: bytes of all parameters and buffers, of those outside
+    the `nn.Linear` layers, and the number of leaf modules."""
+
+    parameters: int
+    traced: int
+    leaves: int
+
+    @staticmethod
+    def of(model: torch.nn.Module) -> _ModelSize:
+        total = traced = leaves = 0
+        for module in model.modules():
+            own = (*module.parameters(recurse=False), *module.buffers(recurse=False))
+            size = sum(t.nbytes for t in own)
+            total += size
+            traced += 0 if type(module) is torch.nn.Linear else size
+            leaves += next(module.children(), None) is None
+        return _ModelSize(total, traced, leaves)
 
 
 def _work(g: Graph, geo: Geometry, image: Tensor, chunk: int, batched_chunk: int) -> _Work:
@@ -243,7 +261,12 @@ def _chunk_for(g: Graph, geo: Geometry, image: Tensor, chunk_size: int | None) -
         largest = max(largest, h * w * channels)
     for node in g.boundary:
         largest = max(largest, g.steps[node].channels * math.prod(g.steps[node].size))
-    return int(min(256, max(4, _CHUNK_BYTES // (largest * image.element_size()))))
+    return _chunk_of(largest, image.element_size())
+
+
+def _chunk_of(largest: int, item: int) -> int:
+    """Occluders per chunk whose largest read-in tensor has `largest` elements per occluder."""
+    return int(min(256, max(4, _CHUNK_BYTES // (max(largest, 1) * item))))
 
 
 def _planning_analysis(model_fn: object, image: Tensor) -> Graph:
@@ -633,14 +656,16 @@ def run_incremental(
 
     With ``engine="auto"`` the cost model decides; either way a model the engine cannot run
     exactly gives None, with the reason logged at debug level. `work`, what the clean forward
-    pass of `batch` did, and `chunk`, the batched engine's images per call, let ``"auto"`` skip
-    planning for runs so short that tracing the model would cost more than it could save.
+    pass of `batch` did, and `chunk`, the batched engine's images per call as the decision
+    assumes them (`occlens._occlusion.decision_chunk`), let ``"auto"`` skip planning for runs
+    so short that tracing the model would cost more than it could save. The decision assumes
+    the automatic chunks of both engines, so `chunk_size` never changes the engine.
     """
     try:
         if fill.static is None and fill.noise is None:
             raise Unsupported("a fill function can change pixels outside the window")
         if engine == "auto":
-            too_short = _too_short_to_plan(model_fn, batch, len(grid), work, chunk)
+            too_short = _too_short_to_plan(model_fn, batch, grid, work, chunk)
             if too_short:
                 log.debug("occlens: occlusion runs the batched engine: %s", too_short)
                 return None
@@ -650,7 +675,7 @@ def run_incremental(
             image = batch[row : row + 1]
             target = goal.select(row)
             if row == 0 and engine == "auto":
-                decision, g = plan(model_fn, image, target, grid, chunk_size, None, chunk)
+                decision, g = plan(model_fn, image, target, grid, None, None, chunk)
                 if decision.engine != "incremental" or g is None:
                     log.debug("occlens: occlusion runs the batched engine: %s", decision.reason)
                     return None
@@ -670,15 +695,22 @@ def run_incremental(
 
 
 def _too_short_to_plan(
-    model_fn: object, images: Tensor, positions: int, work: ForwardWork | None, chunk: int
+    model_fn: object,
+    images: Tensor,
+    grid: Grid,
+    work: ForwardWork | None,
+    chunk: int,
 ) -> str:
     """Why planning would not pay for itself here, or "" where it may.
 
-    Planning costs a trace and a clean pass; where the whole batched run is predicted to take
-    less than `_PLANNING_SHARE` times that, ``"auto"`` runs the batched engine straight away, so
-    it never loses more than 1/`_PLANNING_SHARE` of the batched time to planning. Both are
-    predicted from the clean pass's counted work (FLOPs, bytes, operators), never from timings,
-    so the same call always runs the same engine and gives the same numbers.
+    Planning costs a trace and a clean pass. ``"auto"`` plans where the whole batched run is
+    predicted to take at least `_PLANNING_SHARE` times that, so it never loses more than
+    1/`_PLANNING_SHARE` of the batched time to a plan that ends batched, or where the clean
+    pass's layer log (`occlens._incremental_bound`) shows that the plan ends incremental: its
+    estimate errs towards more work, and must beat the batched run by `_SURE` on top of the
+    plan's own margin. Everything is predicted from counted work (FLOPs, bytes, operators,
+    layers), never from timings, so the same call always runs the same engine and gives the same
+    numbers.
     """
     if not isinstance(model_fn, torch.nn.Module):
         return ""  # planning gives up at once, before tracing
@@ -686,21 +718,63 @@ def _too_short_to_plan(
         return ""
     count = images.shape[0]
     flops, activations = work.flops / count, work.bytes / count
+    size = _ModelSize.of(model_fn)
     batched = count * _batched_seconds(
-        positions, flops, images[0].nbytes, activations, work.ops, chunk, _parameter_bytes(model_fn)
+        len(grid), flops, images[0].nbytes, activations, work.ops, chunk, size.parameters
     )
     planning = (
         _SECONDS_TO_TRACE
         + work.ops * _SECONDS_PER_TRACED_OP
         + flops * _SECONDS_PER_CLEAN_FLOP
-        + _parameter_bytes(model_fn, dense_linear=False) * _SECONDS_PER_PARAMETER_BYTE
+        + size.traced * _SECONDS_PER_PARAMETER_BYTE
     )
     if batched >= _PLANNING_SHARE * planning:
+        return ""
+    if _logged_incremental(images, grid, work, chunk, size, _SURE * _MARGIN * batched):
         return ""
     return (
         f"the batched run is predicted at {batched:.2g} s, too short to pay for planning "
         f"({planning:.2g} s)"
     )
+
+
+def _logged_incremental(
+    images: Tensor,
+    grid: Grid,
+    work: ForwardWork,
+    chunk: int,
+    size: _ModelSize,
+    limit: float,
+) -> bool:
+    """Whether the incremental engine's predicted seconds for `images`, from the clean pass's
+    layer log, are at most `limit`. The log counts at least a graph node per leaf module (a
+    dropout logs nothing); where the nodes alone pass `limit`, the patches are not worked out."""
+    count = images.shape[0]
+    nodes = max(len(work.layers), size.leaves) + 2
+    if not work.layers or count * nodes * _SECONDS_PER_NODE > limit:
+        return False
+    patch = patch_work(
+        work.layers,
+        list(zip(grid.rows.starts, grid.rows.ends, strict=True)),
+        list(zip(grid.cols.starts, grid.cols.ends, strict=True)),
+    )
+    if patch is None:
+        return False
+    estimate = _Work(
+        positions=len(grid),
+        live=len(grid),
+        flops_full=patch.flops_full,
+        flops_patch=patch.flops,
+        moved=patch.moved,
+        activations=work.bytes / count,
+        image_bytes=images[0].nbytes,
+        steps=patch.steps,
+        nodes=max(patch.nodes, nodes),
+        chunk=_chunk_of(patch.largest, images.element_size()),
+        batched_chunk=chunk,
+        parameters=size.parameters,
+    )
+    return count * estimate.incremental() <= limit
 
 
 def _check_clean(g: Graph, expected: Tensor) -> None:
@@ -735,6 +809,8 @@ def explain_engine(
     Takes `occlusion`'s arguments (the first image of a batch decides) and returns an
     `EnginePlan`: the engine, the reason for the batched engine, FLOPs per occluder of both,
     how many occluders the incremental engine evaluates, and the cost model's predictions.
+    `chunk_size` and `memory_budget` are checked as `occlusion` checks them, but never change
+    the choice: it assumes both engines' automatic chunks under a fixed 1 GiB budget.
 
     >>> import torch, occlens as ol
     >>> x = torch.rand(3, 224, 224)
@@ -747,7 +823,7 @@ def explain_engine(
     from ._checks import clean_forward, image_batch, optional_positive_int
     from ._errors import fail
     from ._fills import plan_fill
-    from ._occlusion import CALL, _auto_chunk, _grid
+    from ._occlusion import CALL, _grid, decision_chunk
     from ._targets import as_target
 
     batch, _ = image_batch(x, "explain_engine")
@@ -760,11 +836,9 @@ def explain_engine(
             "batched", "a fill function can change pixels outside the window", positions=len(grid)
         )
     image = batch[:1]
-    clean, work = clean_forward(model_fn, batch, "explain_engine", measure=True)
-    chunk = chunk_size or _auto_chunk(
-        work.bytes // batch.shape[0], batch, len(grid) + 1, memory_budget
-    )
-    too_short = _too_short_to_plan(model_fn, batch, len(grid), work, chunk)
+    clean, work = clean_forward(model_fn, batch, "explain_engine", measure=True, layers=True)
+    chunk = decision_chunk(work, batch, len(grid) + 1)
+    too_short = _too_short_to_plan(model_fn, batch, grid, work, chunk)
     goal = as_target(target, "explain_engine")
     goal.check(clean, "explain_engine")
     goal = goal.resolve(clean).select(0)
@@ -779,7 +853,7 @@ def explain_engine(
         ) from error
     except Unsupported as error:
         return EnginePlan("batched", str(error), positions=len(grid))
-    decision, g = plan(model_fn, image, goal, grid, chunk_size, graph, chunk)
+    decision, g = plan(model_fn, image, goal, grid, None, graph, chunk)
     if g is not None:
         try:
             _check_clean(g, clean[:1])

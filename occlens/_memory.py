@@ -20,6 +20,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry
 
+from ._incremental_bound import Layer, LayerLog
+
 __all__ = ["ForwardWork", "auto_chunk", "default_budget", "measure_forward"]
 
 # On the CPU, big batches stop paying once a call's activations overflow the caches. Measured at
@@ -35,18 +37,22 @@ _CUDA_MAX_CHUNK = 1024
 @dataclass(frozen=True)
 class ForwardWork:
     """What one forward pass did: bytes its operators allocated, operators run, and FLOPs of its
-    matrix products and convolutions (two per multiply-add). All zero when not `measured`."""
+    matrix products and convolutions (two per multiply-add). All zero when not `measured`.
+    `layers`, where asked for, logs the operators that read the image
+    (`occlens._incremental_bound`)."""
 
     bytes: int = 0
     ops: int = 0
     flops: float = 0.0
     measured: bool = False
+    layers: tuple[Layer, ...] = ()
 
 
 class _CountWork(TorchDispatchMode):
-    def __init__(self) -> None:
+    def __init__(self, log: LayerLog | None = None) -> None:
         super().__init__()
         self.bytes, self.ops, self.flops = 0, 0, 0.0
+        self.log = log
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -59,19 +65,23 @@ class _CountWork(TorchDispatchMode):
         if not func.is_view:
             self.ops += 1
         count = flop_registry.get(func._overloadpacket)
-        if count is not None:
-            self.flops += float(count(*args, **kwargs, out_val=out))
+        flops = 0.0 if count is None else float(count(*args, **kwargs, out_val=out))
+        self.flops += flops
+        if self.log is not None:
+            self.log.record(func, args, kwargs, out, flops)
         return out
 
 
 def measure_forward(
-    model_fn: Callable[[Tensor], Tensor], batch: Tensor
+    model_fn: Callable[[Tensor], Tensor], batch: Tensor, *, layers: bool = False
 ) -> tuple[Tensor, ForwardWork]:
-    """Run ``model_fn(batch)`` without autograd; return the output and the work it did."""
-    counter = _CountWork()
+    """Run ``model_fn(batch)`` without autograd; return the output and the work it did, with the
+    log of its image layers where `layers` is set."""
+    counter = _CountWork(LayerLog(batch) if layers else None)
     with torch.no_grad(), counter:
         output = model_fn(batch)
-    return output, ForwardWork(counter.bytes, counter.ops, counter.flops, measured=True)
+    log = () if counter.log is None else tuple(counter.log.layers)
+    return output, ForwardWork(counter.bytes, counter.ops, counter.flops, True, log)
 
 
 def default_budget(device: torch.device) -> int:

@@ -23,7 +23,7 @@ from ._fills import FillPlan, plan_fill
 from ._grid import AGGREGATES, EDGES, Grid, axis, check_choice
 from ._grid import aggregate as aggregate_deltas
 from ._keys import generator
-from ._memory import auto_chunk, default_budget
+from ._memory import ForwardWork, auto_chunk, default_budget
 from ._progress import progress as progress_bar
 from ._targets import TargetBase, as_target
 from ._types import Key, ModelFn, TargetLike
@@ -35,6 +35,7 @@ log = logging.getLogger("occlens")
 CALL = "occlusion"
 _NOISE_BLOCK = 64  # occluders per noise draw; fixed, so the stream never depends on chunk_size
 ENGINES = ("auto", "batched", "incremental")
+DECISION_BUDGET = 1 << 30  # bytes per call that engine="auto" assumes (`decision_chunk`)
 
 
 def occlusion(
@@ -121,7 +122,7 @@ def occlusion(
     _check_flags(absolute, progress)
     check_choice(engine, ENGINES, CALL, "engine")
     measure = chunk_size is None or engine == "auto"
-    clean, work = clean_forward(model_fn, batch, CALL, measure=measure)
+    clean, work = clean_forward(model_fn, batch, CALL, measure=measure, layers=engine == "auto")
     goal = as_target(target, CALL)
     goal.check(clean, CALL)
     goal = goal.resolve(clean)
@@ -132,7 +133,7 @@ def occlusion(
         if engine != "batched":
             deltas = _incremental(
                 model_fn, batch, clean, goal, plan, grid, chunk_size, rng_state, engine, advance,
-                work, chunk,
+                work, decision_chunk(work, batch, rows),
             )  # fmt: skip
         if deltas is None:
             deltas = torch.empty(n, len(grid), dtype=clean.dtype, device=clean.device)
@@ -243,6 +244,14 @@ def _auto_chunk(activations: int, batch: Tensor, rows: int, budget: int | None) 
     chunk = auto_chunk(activations, per_row, budget, batch.device, rows)
     # Spread rows evenly over the calls so that the padding of the last call stays small.
     return math.ceil(rows / math.ceil(rows / chunk))
+
+
+def decision_chunk(work: ForwardWork, batch: Tensor, rows: int) -> int:
+    """The batched engine's images per call as ``engine="auto"`` assumes them: the automatic
+    chunk under the default budget's 1 GiB cap, so that the choice of engine depends on the
+    model, the images and the occluders only, never on `chunk_size`, `memory_budget` or the
+    memory free at the time."""
+    return _auto_chunk(work.bytes // batch.shape[0], batch, rows, DECISION_BUDGET)
 
 
 def _window(height: int, width: int, bounds: Tensor, device: torch.device) -> Tensor:
