@@ -71,8 +71,9 @@ class LayerLog:
         self.layers: list[Layer] = []
         if image.ndim == 4:
             self._remember(image, 0)
+            numel, item = image[0].numel(), image.element_size()
             self.layers.append(
-                Layer("input", (), tuple(image.shape[2:]), image.shape[1], 0.0, 0, 0)
+                Layer("input", (), tuple(image.shape[2:]), image.shape[1], 0.0, numel, item)
             )
 
     def _remember(self, tensor: Tensor, layer: int) -> None:
@@ -222,7 +223,8 @@ def patch_work(layers: tuple[Layer, ...], rows: Intervals, cols: Intervals) -> P
         if layer.kind == "dense":
             dirty.append(([], []))
             feeds_dense.update(i for i in layer.sources if layers[i].kind != "dense")
-            flops += max(layer.flops, float(layer.numel))
+            read = max(layers[i].numel for i in layer.sources)  # a global pool reads it all
+            flops += max(layer.flops, float(layer.numel), float(read))
             full += layer.flops
             continue
         if layer.kind == "input":
@@ -261,6 +263,8 @@ def patch_work(layers: tuple[Layer, ...], rows: Intervals, cols: Intervals) -> P
             if layer.kind == "merge":
                 moved += 2.0 * h * w * layer.channels * layer.item * len(layer.sources)
             largest = max(largest, h * w * layer.channels)
+    if layers[-1].kind != "dense":  # the model returns a map: pasted whole, as a dense input
+        feeds_dense.add(len(layers) - 1)
     for i in feeds_dense:
         layer = layers[i]
         moved += 2.0 * layer.channels * layer.size[0] * layer.size[1] * layer.item
