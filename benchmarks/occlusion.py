@@ -430,6 +430,7 @@ def bench_trained(images: int, taus, drill) -> None:
 AUTO_CASES = (
     # (label, model, image side, images, window, stride): short runs near auto's planning gate,
     # where a wrong choice costs most, and longer ones where the incremental engine should win.
+    ("shapes 64 w32 s32", "shapes", 64, 1, 32, 32),
     ("shapes 64 w16 s8", "shapes", 64, 1, 16, 8),
     ("shapes 64 w8 s4", "shapes", 64, 1, 8, 4),
     ("shapes 64 w4 s2", "shapes", 64, 1, 4, 2),

@@ -706,11 +706,11 @@ def _too_short_to_plan(
     Planning costs a trace and a clean pass. ``"auto"`` plans where the whole batched run is
     predicted to take at least `_PLANNING_SHARE` times that, so it never loses more than
     1/`_PLANNING_SHARE` of the batched time to a plan that ends batched, or where the clean
-    pass's layer log (`occlens._incremental_bound`) shows that the plan ends incremental: its
-    estimate errs towards more work, and must beat the batched run by `_SURE` on top of the
-    plan's own margin. Everything is predicted from counted work (FLOPs, bytes, operators,
-    layers), never from timings, so the same call always runs the same engine and gives the same
-    numbers.
+    pass's layer log (`occlens._incremental_bound`, taken where `wants_layer_log` says) shows
+    that the plan ends incremental: its estimate errs towards more work, and must beat the
+    batched run by `_SURE` on top of the plan's own margin. Everything is predicted from counted
+    work (FLOPs, bytes, operators, layers), never from timings, so the same call always runs the
+    same engine and gives the same numbers.
     """
     if not isinstance(model_fn, torch.nn.Module):
         return ""  # planning gives up at once, before tracing
@@ -823,7 +823,7 @@ def explain_engine(
     from ._checks import clean_forward, image_batch, optional_positive_int
     from ._errors import fail
     from ._fills import plan_fill
-    from ._occlusion import CALL, _grid, decision_chunk
+    from ._occlusion import CALL, _grid, decision_chunk, wants_layer_log
     from ._targets import as_target
 
     batch, _ = image_batch(x, "explain_engine")
@@ -836,7 +836,8 @@ def explain_engine(
             "batched", "a fill function can change pixels outside the window", positions=len(grid)
         )
     image = batch[:1]
-    clean, work = clean_forward(model_fn, batch, "explain_engine", measure=True, layers=True)
+    layers = wants_layer_log("auto", batch, grid)
+    clean, work = clean_forward(model_fn, batch, "explain_engine", measure=True, layers=layers)
     chunk = decision_chunk(work, batch, len(grid) + 1)
     too_short = _too_short_to_plan(model_fn, batch, grid, work, chunk)
     goal = as_target(target, "explain_engine")

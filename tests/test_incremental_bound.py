@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import occlens as ol
-from occlens import testing, zoo
+from occlens import _incremental, testing, zoo
 from occlens._checks import clean_forward
 from occlens._incremental import (
     _MARGIN,
@@ -34,12 +34,13 @@ from occlens._incremental import (
 )
 from occlens._incremental_bound import LayerLog, patch_work
 from occlens._incremental_graph import analyse
-from occlens._occlusion import _grid, decision_chunk
+from occlens._memory import measure_forward
+from occlens._occlusion import LOGGED_OCCLUDERS, _grid, decision_chunk, wants_layer_log
 from occlens._targets import as_target
 
 
 def logged(model, x):
-    _, work = clean_forward(model, x, "test", measure=True, layers=True)
+    _, work = measure_forward(model, x, layers=True)
     return work
 
 
@@ -140,7 +141,7 @@ def test_patch_work_of_one_convolution_has_the_closed_form():
 def _both_estimates(model, x, window, stride):
     """The log's estimate of the incremental engine's seconds, and the traced plan's."""
     grid = _grid(x, window, stride, "fit", "mean", None)
-    clean, work = clean_forward(model, x, "test", measure=True, layers=True)
+    clean, work = measure_forward(model, x, layers=True)
     chunk = decision_chunk(work, x, len(grid) + 1)
     patch = patch_work(work.layers, intervals(grid.rows), intervals(grid.cols))
     size = _ModelSize.of(model)
@@ -214,16 +215,18 @@ CASES = [  # short runs that the rule "plan where batched takes 20x the planning
 
 
 @pytest.mark.parametrize(("name", "side", "window", "stride"), CASES)
-def test_auto_plans_the_short_runs_the_log_shows_it_wins(name, side, window, stride, caplog):
+def test_auto_plans_the_short_runs_the_log_shows_it_wins(name, side, window, stride, monkeypatch):
     model = zoo.shapes() if name == "shapes" else testing.tiny_cnn()
     x = torch.rand(3, side, side, generator=torch.Generator().manual_seed(1))
     batch = x[None]
     grid = _grid(batch, window, stride, "fit", "mean", None)
+    assert wants_layer_log("auto", batch, grid)
     _, work = clean_forward(model, batch, "test", measure=True, layers=True)
     chunk = decision_chunk(work, batch, len(grid) + 1)
-    blind = type(work)(work.bytes, work.ops, work.flops, True)  # the same pass, without a log
-    assert "too short" in _too_short_to_plan(model, batch, grid, blind, chunk)
     assert _too_short_to_plan(model, batch, grid, work, chunk) == ""
+    with monkeypatch.context() as patched:  # the rule alone, without the layer log
+        patched.setattr(_incremental, "_logged_incremental", lambda *args: False)
+        assert "too short" in _too_short_to_plan(model, batch, grid, work, chunk)
     plan = ol.explain_engine(model, x, 0, window=window, stride=stride)
     assert plan.engine == "incremental" and plan.cost_incremental < _MARGIN * plan.cost_batched
     options = dict(window=window, stride=stride)
@@ -273,3 +276,22 @@ def test_chunk_size_and_memory_budget_never_change_the_engine():
         torch.testing.assert_close(
             ol.occlusion(model, x, 0, chunk_size=chunk, **options), whole, rtol=1e-5, atol=1e-6
         )
+
+
+def test_the_layer_log_is_taken_only_for_auto_from_enough_occluders():
+    """The log costs the same on every run; below `LOGGED_OCCLUDERS` occluded images it would
+    be a visible share of a batched run of a small model, and is not taken."""
+    x = torch.rand(4, 3, 64, 64)
+    for window, count, logs in ((8, 1, True), (16, 1, False), (16, 4, True)):
+        grid = _grid(x[:count], window, window, "fit", "mean", None)
+        assert (count * len(grid) >= LOGGED_OCCLUDERS) is logs
+        assert wants_layer_log("auto", x[:count], grid) is logs
+        for engine in ("batched", "incremental"):
+            assert not wants_layer_log(engine, x[:count], grid)
+    model = zoo.shapes()
+    for window, logged_layers in ((8, True), (16, False)):  # 64 and 16 occluders
+        grid = _grid(x[:1], window, window, "fit", "mean", None)
+        _, work = clean_forward(
+            model, x[:1], "test", measure=True, layers=wants_layer_log("auto", x[:1], grid)
+        )
+        assert bool(work.layers) is logged_layers
