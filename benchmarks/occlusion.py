@@ -468,9 +468,11 @@ def bench_auto(rounds: int, cases=AUTO_CASES) -> None:
         }
         warm = max(seconds(run) for run in runs.values())  # warm-up
         best = dict.fromkeys(runs, math.inf)
-        for _ in range(max(rounds, min(50, math.ceil(1.0 / warm)))):  # short runs: more rounds
-            for engine, run in runs.items():
-                best[engine] = min(best[engine], seconds(run))
+        order = list(runs)
+        for round_ in range(max(rounds, min(50, math.ceil(1.0 / warm)))):  # short: more rounds
+            turn = round_ % len(order)  # each engine follows each other one as often
+            for engine in order[turn:] + order[:turn]:
+                best[engine] = min(best[engine], seconds(runs[engine]))
         fastest = min(best["batched"], best["incremental"])
         worst = max(worst, best["auto"] / best["batched"])
         print(

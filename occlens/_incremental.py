@@ -296,6 +296,18 @@ def plan(
         g = graph if graph is not None else _planning_analysis(model_fn, image)
     except Unsupported as error:
         return EnginePlan("batched", str(error), positions=len(grid)), None
+    return _decide(g, image, goal, grid, chunk_size, batched_chunk)[0], g
+
+
+def _decide(
+    g: Graph,
+    image: Tensor,
+    goal: TargetBase,
+    grid: Grid,
+    chunk_size: int | None,
+    batched_chunk: int,
+) -> tuple[EnginePlan, Geometry]:
+    """`plan` on the analysis `g`; with the geometry, which the incremental engine reuses."""
     geo = _prepare(g, grid, goal, None)
     work = _work(g, geo, image, _chunk_for(g, geo, image, chunk_size), batched_chunk)
     batched, incremental = work.batched(), work.incremental()
@@ -315,7 +327,7 @@ def plan(
         batched,
         incremental,
     )
-    return plan, g
+    return plan, geo
 
 
 # ---------------------------------------------------------------- gathering
@@ -598,21 +610,30 @@ def incremental_deltas(
     advance: Callable[[int], None],
     tau: float | None = None,
     which: Tensor | None = None,
+    geometry: Geometry | None = None,
 ) -> Tensor:
     """Deltas ``score(clean) - score(occluded)`` of every occluder of `grid`, float64 ``[P]``.
 
     `g` is the analysed model for `image` ``[1, C, H, W]``; `noise` the batched engine's noise
     stream for uniform fills (None otherwise). With `which` (sorted indices into the grid), only
     those occluders are evaluated, and ``[len(which)]`` deltas are returned. `tau` turns on
-    projective-field thresholding (approximate). Raises `Unsupported` when the dense part cannot
-    be vectorised.
+    projective-field thresholding (approximate). `geometry`, where the caller has it (`_decide`
+    for the whole grid, exact, this goal), saves propagating the boxes again. Raises
+    `Unsupported` when the dense part cannot be vectorised.
     """
     bounds = grid.bounds().to(image.device)
     ids = torch.arange(len(grid)) if which is None else which
     bounds = bounds[ids]
-    unit = _unit_of(goal)
-    needed = needed_regions(g, None if unit is None else unit[1:])
-    geo = propagate(g, bounds, needed, tau)
+    if (
+        geometry is not None
+        and which is None
+        and tau is None
+        and geometry.live.device == bounds.device
+    ):
+        geo = geometry
+    else:
+        unit = _unit_of(goal)
+        geo = propagate(g, bounds, needed_regions(g, None if unit is None else unit[1:]), tau)
     chunk = _chunk_for(g, geo, image, chunk_size)
     if fill.static is not None:
         values = _static_fill(image[0], fill.image(row).to(image.dtype))
@@ -670,22 +691,23 @@ def run_incremental(
                 log.debug("occlens: occlusion runs the batched engine: %s", too_short)
                 return None
         out = torch.empty(batch.shape[0], len(grid), dtype=clean.dtype, device=clean.device)
-        g = None
+        g = geo = None
         for row in range(batch.shape[0]):
             image = batch[row : row + 1]
             target = goal.select(row)
             if row == 0 and engine == "auto":
-                decision, g = plan(model_fn, image, target, grid, None, None, chunk)
-                if decision.engine != "incremental" or g is None:
+                g = _planning_analysis(model_fn, image)
+                decision, geo = _decide(g, image, target, grid, None, chunk)
+                if decision.engine != "incremental":
                     log.debug("occlens: occlusion runs the batched engine: %s", decision.reason)
                     return None
                 complete_dense(g)
             else:  # the first image's trace serves the others
-                g = analyse(model_fn, image, like=g)  # type: ignore[arg-type]
+                g, geo = analyse(model_fn, image, like=g), None  # type: ignore[arg-type]
             _check_clean(g, clean[row : row + 1])
             noise = noise_for_row() if noise_for_row is not None else None
             deltas = incremental_deltas(
-                g, image, target, fill, row, grid, chunk_size, noise, advance
+                g, image, target, fill, row, grid, chunk_size, noise, advance, geometry=geo
             )
             out[row] = deltas.to(out.dtype)
         return out
