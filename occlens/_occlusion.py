@@ -89,10 +89,12 @@ def occlusion(
     traces the model (an ``nn.Module``) with ``torch.fx`` and recomputes each layer only where
     the occluder changes it (Krypton's incremental inference), and for a unit target only
     inside the unit's receptive field; ``"auto"`` (the default) runs the incremental engine
-    where its cost model predicts it is faster, and goes straight to the batched engine when
-    the run is too short to repay tracing the model. It decides from the FLOPs, bytes and
-    operators of the clean pass, never from timings, so the same call always runs the same
-    engine and gives the same bits. Both are exact: they agree to float
+    where its cost model predicts it is at least 10% faster, and goes straight to the batched
+    engine when the run is too short to repay tracing the model, unless a log of the clean
+    pass's layers already shows the incremental engine winning. It decides from the FLOPs,
+    bytes, operators and layers of the clean pass, never from timings, `chunk_size` or
+    `memory_budget`, so the same call always runs the same engine and gives the same bits
+    (`occlens.explain_engine` shows the choice and why). Both are exact: they agree to float
     rounding (folding batch norm into the convolution before it changes the last bits).
     A model the incremental engine cannot run exactly (it does not trace, a layer is in
     training mode, a fill function) is run by the batched engine, with the reason logged at
