@@ -205,12 +205,12 @@ class _ModelSize:
     @staticmethod
     def of(model: torch.nn.Module) -> _ModelSize:
         total = traced = leaves = 0
-        for module in model.modules():
-            own = (*module.parameters(recurse=False), *module.buffers(recurse=False))
-            size = sum(t.nbytes for t in own)
+        for module in model.modules():  # the dicts directly: 4x faster, auto's gate reads this
+            own = (*module._parameters.values(), *module._buffers.values())
+            size = sum(t.nbytes for t in own if t is not None)
             total += size
             traced += 0 if type(module) is torch.nn.Linear else size
-            leaves += next(module.children(), None) is None
+            leaves += all(child is None for child in module._modules.values())
         return _ModelSize(total, traced, leaves)
 
 

@@ -295,3 +295,21 @@ def test_the_layer_log_is_taken_only_for_auto_from_enough_occluders():
             model, x[:1], "test", measure=True, layers=wants_layer_log("auto", x[:1], grid)
         )
         assert bool(work.layers) is logged_layers
+
+
+def test_model_size_reads_what_the_public_module_api_reports():
+    """`_ModelSize` reads the modules' own dicts for speed; the public API is the reference,
+    on models with bias-less convs (a None parameter), buffers, Linear heads and a None child."""
+    holed = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.Linear(4, 2))
+    holed.register_module("gone", None)
+    for model in (holed, zoo.shapes(), testing.resnet18(), testing.alexnet()):
+        modules = list(model.modules())
+        own = [(*m.parameters(recurse=False), *m.buffers(recurse=False)) for m in modules]
+        sizes = [sum(t.nbytes for t in tensors) for tensors in own]
+        linear = [type(m) is nn.Linear for m in modules]
+        expected = _ModelSize(
+            sum(sizes),
+            sum(s for s, is_linear in zip(sizes, linear, strict=True) if not is_linear),
+            sum(next(m.children(), None) is None for m in modules),
+        )
+        assert _ModelSize.of(model) == expected
