@@ -123,10 +123,10 @@ def _unit_of(goal: TargetBase) -> tuple[int, int, int] | None:
     return None
 
 
-def _prepare(g: Graph, grid: Grid, goal: TargetBase, tau: float | None) -> Geometry:
+def _prepare(g: Graph, bounds: Tensor, goal: TargetBase, tau: float | None) -> Geometry:
+    """The boxes of occluders `bounds` ``[P, 4]`` through `g`, for `goal`'s needed regions."""
     unit = _unit_of(goal)
-    needed = needed_regions(g, None if unit is None else unit[1:])
-    return propagate(g, grid.bounds(), needed, tau)
+    return propagate(g, bounds, needed_regions(g, None if unit is None else unit[1:]), tau)
 
 
 @dataclass(frozen=True)
@@ -308,7 +308,7 @@ def _decide(
     batched_chunk: int,
 ) -> tuple[EnginePlan, Geometry]:
     """`plan` on the analysis `g`; with the geometry, which the incremental engine reuses."""
-    geo = _prepare(g, grid, goal, None)
+    geo = _prepare(g, grid.bounds().to(image.device), goal, None)
     work = _work(g, geo, image, _chunk_for(g, geo, image, chunk_size), batched_chunk)
     batched, incremental = work.batched(), work.incremental()
     engine, reason = "incremental", ""
@@ -617,23 +617,14 @@ def incremental_deltas(
     `g` is the analysed model for `image` ``[1, C, H, W]``; `noise` the batched engine's noise
     stream for uniform fills (None otherwise). With `which` (sorted indices into the grid), only
     those occluders are evaluated, and ``[len(which)]`` deltas are returned. `tau` turns on
-    projective-field thresholding (approximate). `geometry`, where the caller has it (`_decide`
-    for the whole grid, exact, this goal), saves propagating the boxes again. Raises
-    `Unsupported` when the dense part cannot be vectorised.
+    projective-field thresholding (approximate). `geometry`, the exact geometry of the whole
+    grid for this goal where the caller has it (`_decide`), saves propagating the boxes again.
+    Raises `Unsupported` when the dense part cannot be vectorised.
     """
     bounds = grid.bounds().to(image.device)
     ids = torch.arange(len(grid)) if which is None else which
     bounds = bounds[ids]
-    if (
-        geometry is not None
-        and which is None
-        and tau is None
-        and geometry.live.device == bounds.device
-    ):
-        geo = geometry
-    else:
-        unit = _unit_of(goal)
-        geo = propagate(g, bounds, needed_regions(g, None if unit is None else unit[1:]), tau)
+    geo = geometry if geometry is not None else _prepare(g, bounds, goal, tau)
     chunk = _chunk_for(g, geo, image, chunk_size)
     if fill.static is not None:
         values = _static_fill(image[0], fill.image(row).to(image.dtype))
@@ -777,28 +768,38 @@ def _logged_incremental(
     nodes = max(len(work.layers), size.leaves) + 2
     if not work.layers or count * nodes * _SECONDS_PER_NODE > limit:
         return False
+    estimate = _logged_work(work, images, grid, chunk, size)
+    if estimate is None:
+        return False
+    return count * estimate.incremental() <= limit
+
+
+def _logged_work(
+    work: ForwardWork, images: Tensor, grid: Grid, chunk: int, size: _ModelSize
+) -> _Work | None:
+    """The cost model's inputs for one of `images` as the clean pass's layer log predicts them
+    (no trace), or None where `patch_work` cannot follow the log."""
     patch = patch_work(
         work.layers,
         list(zip(grid.rows.starts, grid.rows.ends, strict=True)),
         list(zip(grid.cols.starts, grid.cols.ends, strict=True)),
     )
     if patch is None:
-        return False
-    estimate = _Work(
+        return None
+    return _Work(
         positions=len(grid),
         live=len(grid),
         flops_full=patch.flops_full,
         flops_patch=patch.flops,
         moved=patch.moved,
-        activations=work.bytes / count,
+        activations=work.bytes / images.shape[0],
         image_bytes=images[0].nbytes,
         steps=patch.steps,
-        nodes=max(patch.nodes, nodes),
+        nodes=max(patch.nodes, len(work.layers) + 2, size.leaves + 2),
         chunk=_chunk_of(patch.largest, images.element_size()),
         batched_chunk=chunk,
         parameters=size.parameters,
     )
-    return count * estimate.incremental() <= limit
 
 
 def _check_clean(g: Graph, expected: Tensor) -> None:

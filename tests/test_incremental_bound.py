@@ -25,11 +25,10 @@ from occlens._incremental import (
     _MARGIN,
     _SURE,
     _chunk_for,
-    _chunk_of,
+    _logged_work,
     _ModelSize,
     _prepare,
     _too_short_to_plan,
-    _Work,
     _work,
 )
 from occlens._incremental_bound import LayerLog, patch_work
@@ -139,29 +138,16 @@ def test_patch_work_of_one_convolution_has_the_closed_form():
 
 
 def _both_estimates(model, x, window, stride):
-    """The log's estimate of the incremental engine's seconds, and the traced plan's."""
+    """The log's patch work and the cost model's inputs from it and from the traced plan."""
     grid = _grid(x, window, stride, "fit", "mean", None)
     clean, work = measure_forward(model, x, layers=True)
     chunk = decision_chunk(work, x, len(grid) + 1)
     patch = patch_work(work.layers, intervals(grid.rows), intervals(grid.cols))
     size = _ModelSize.of(model)
-    logged_work = _Work(
-        positions=len(grid),
-        live=len(grid),
-        flops_full=patch.flops_full,
-        flops_patch=patch.flops,
-        moved=patch.moved,
-        activations=work.bytes,
-        image_bytes=x[0].nbytes,
-        steps=patch.steps,
-        nodes=max(patch.nodes, size.leaves + 2),
-        chunk=_chunk_of(patch.largest, x.element_size()),
-        batched_chunk=chunk,
-        parameters=size.parameters,
-    )
+    logged_work = _logged_work(work, x, grid, chunk, size)  # what auto's gate reads
     g = analyse(model, x)
     goal = as_target(0, "test").resolve(clean).select(0)
-    geo = _prepare(g, grid, goal, None)
+    geo = _prepare(g, grid.bounds(), goal, None)
     traced = _work(g, geo, x, _chunk_for(g, geo, x, None), chunk)
     return patch, logged_work, traced
 
