@@ -32,6 +32,7 @@ what the incremental engine computes (patch layers plus the dense tail).
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import platform
 import statistics
@@ -449,7 +450,7 @@ def bench_auto(rounds: int, cases=AUTO_CASES) -> None:
     """``engine="auto"`` against the batched and the incremental engine on each case: what it
     chose (`explain_engine`), and its time over the batched engine's and over the faster one's.
     The acceptance bound is auto / batched <= 1.05. Runs shorter than a second get more rounds
-    (up to 50), so that their fastest round is not one lucky or unlucky draw.
+    (up to 48), so that their fastest round is not one lucky or unlucky draw.
 
     Two statistics: the ratios of each engine's fastest round, and the median over rounds of
     the ratios within a round (the three engines run back to back, so a slow spell of the
@@ -479,10 +480,9 @@ def bench_auto(rounds: int, cases=AUTO_CASES) -> None:
         }
         warm = max(seconds(run) for run in runs.values())  # warm-up
         times: dict[str, list[float]] = {engine: [] for engine in runs}
-        order = list(runs)
-        for round_ in range(max(rounds, min(50, math.ceil(1.0 / warm)))):  # short: more rounds
-            turn = round_ % len(order)  # each engine follows each other one as often
-            for engine in order[turn:] + order[:turn]:
+        orders = list(itertools.permutations(runs))  # each engine follows each other as often
+        for round_ in range(max(rounds, min(48, math.ceil(1.0 / warm)))):  # short: more rounds
+            for engine in orders[round_ % len(orders)]:
                 times[engine].append(seconds(runs[engine]))
         best = {engine: min(values) for engine, values in times.items()}
         fastest = min(best["batched"], best["incremental"])
@@ -540,7 +540,7 @@ def main() -> None:
         bench_trained(8, args.taus, (2, 0.25))
         return
     if args.auto:
-        bench_auto(5 if args.rounds == 2 else args.rounds)
+        bench_auto(6 if args.rounds == 2 else args.rounds)  # 6: every order of the engines
         return
     if args.approximate:
         side = args.positions or SIDES["approximate"]
