@@ -78,3 +78,50 @@ def test_the_counted_work_of_a_forward_pass_is_its_closed_form():
     assert work.ops >= 3  # convolution, relu, addmm (views such as flatten are not counted)
     _, again = measure_forward(model, x)
     assert again == work
+
+
+def test_the_counted_flops_equal_torchs_flop_counter_on_the_reference_architectures():
+    """The counter applies torch's flop formulas to shapes it takes itself; the totals must be
+    `torch.utils.flop_counter.FlopCounterMode`'s, which maps its own wrapper over the arguments
+    (convolutions, addmm, grouped and strided convs, batched matrix products)."""
+    import torch
+    from torch import nn
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import occlens as ol
+    from occlens._memory import measure_forward
+
+    class Attention(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q = x.flatten(2).transpose(1, 2)  # [B, HW, C]
+            return torch.baddbmm(q.new_zeros(1), q, q.transpose(1, 2)).mean(dim=(1, 2))[:, None]
+
+    grouped = nn.Sequential(nn.Conv2d(4, 8, 3, stride=2, groups=2, dilation=2), nn.ReLU())
+    cases = [
+        (ol.testing.tiny_cnn(), torch.rand(2, 3, 32, 32)),
+        (ol.testing.resnet18(), torch.rand(1, 3, 64, 64)),
+        (ol.testing.alexnet(), torch.rand(1, 3, 64, 64)),
+        (grouped, torch.rand(2, 4, 17, 15)),
+        (nn.Sequential(nn.Conv2d(3, 5, 3), Attention()), torch.rand(2, 3, 9, 9)),
+    ]
+    for model, x in cases:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(x)
+        _, work = measure_forward(model, x)
+        assert work.flops == counter.get_total_flops() > 0, type(model).__name__
+
+
+def test_the_flop_count_falls_back_to_torchs_wrapper_on_arguments_it_does_not_follow():
+    import torch
+
+    from occlens._memory import _flops, _Operator, _shapes, _Unusual
+
+    operator = _Operator.of(torch.ops.aten.mm.default)
+    a, b = torch.rand(3, 4), torch.rand(4, 5)
+    assert _shapes([a, (b, 2)]) == [a.shape, (b.shape, 2)]
+    with pytest.raises(_Unusual):
+        _shapes({"a": a})
+    fast = _flops(operator, (a, b), {}, a @ b)
+    slow = _Operator(True, True, operator.flops, None)  # no shape formula: torch's wrapper
+    assert fast == _flops(slow, (a, b), {}, a @ b) == 2 * 3 * 4 * 5
