@@ -449,8 +449,9 @@ AUTO_CASES = (
 def bench_auto(rounds: int, cases=AUTO_CASES) -> None:
     """``engine="auto"`` against the batched and the incremental engine on each case: what it
     chose (`explain_engine`), and its time over the batched engine's and over the faster one's.
-    The acceptance bound is auto / batched <= 1.05. Runs shorter than a second get more rounds
-    (up to 48), so that their fastest round is not one lucky or unlucky draw.
+    The acceptance bound is auto / batched <= 1.05. Short runs get more rounds (as many as take
+    about 2 s per engine, up to 480), so that with a per-round noise of 10-20% on this CPU
+    a median is good to about 1% (480 rounds) to 3% (50).
 
     Two statistics: the ratios of each engine's fastest round, and the median over rounds of
     the ratios within a round (the three engines run back to back, so a slow spell of the
@@ -481,7 +482,8 @@ def bench_auto(rounds: int, cases=AUTO_CASES) -> None:
         warm = max(seconds(run) for run in runs.values())  # warm-up
         times: dict[str, list[float]] = {engine: [] for engine in runs}
         orders = list(itertools.permutations(runs))  # each engine follows each other as often
-        for round_ in range(max(rounds, min(48, math.ceil(1.0 / warm)))):  # short: more rounds
+        count = max(rounds, min(480, math.ceil(2.0 / warm)))  # short runs: more rounds
+        for round_ in range(-(-count // len(orders)) * len(orders)):  # whole cycles of orders
             for engine in orders[round_ % len(orders)]:
                 times[engine].append(seconds(runs[engine]))
         best = {engine: min(values) for engine, values in times.items()}
