@@ -1,7 +1,9 @@
 """Refit engine="auto"'s cost model on this machine, and score it against measured times.
 
-    python benchmarks/cost_model.py            # ~30 runs, about 5 minutes on a 2-core CPU
-    python benchmarks/cost_model.py --quick    # the small models only, about a minute
+    python benchmarks/cost_model.py            # 26 runs, about 3.5 minutes on a 2-core CPU
+    python benchmarks/cost_model.py --quick    # the small models only, about 30 s (their
+                                               # parameters are too few to fit the last constant)
+    python benchmarks/cost_model.py --smoke    # seconds: two tiny runs, to check the script runs
 
 `occlens._incremental` predicts both exact engines' seconds from counted work (FLOPs, bytes
 moved, patch steps, graph nodes, operators and parameter bytes per chunk), each term times a
@@ -190,13 +192,17 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="the small models only")
     parser.add_argument("--seconds", type=float, default=1.5, help="per engine and run")
+    parser.add_argument("--smoke", action="store_true", help="two tiny runs: checks it runs")
     args = parser.parse_args()
+    cases = SMALL if args.quick else SMALL + LARGE
+    if args.smoke:
+        cases, args.seconds = (("tiny_cnn", 32, 8, 8), ("tiny_cnn", 32, 4, 2)), 0.05
     runs = []
     print(
         f"{'run':26s} {'batched s':>9s} {'predicted':>9s} {'increm. s':>9s} {'predicted':>9s} "
         f"{'i/b':>5s} {'pred.':>5s}"
     )
-    for name, side, window, stride in SMALL if args.quick else SMALL + LARGE:
+    for name, side, window, stride in cases:
         model = zoo.shapes() if name == "shapes" else getattr(ol.testing, name)()
         x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
         batched_terms, incremental_terms = terms(work_of(model, x, window, stride))

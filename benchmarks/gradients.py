@@ -71,6 +71,16 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
 
 
+def functional_rectifiers(model: torch.nn.Module) -> int:
+    """How many ReLUs `model` calls as functions or methods (F.relu, torch.relu, x.relu())."""
+    graph = torch.fx.symbolic_trace(model).graph
+    return sum(
+        1
+        for node in graph.nodes
+        if node.op in ("call_function", "call_method") and "relu" in str(node.target)
+    )
+
+
 def bench_model(name, model, x, samples, steps, settings, rounds) -> None:
     from captum.attr import GuidedBackprop, IntegratedGradients, NoiseTunnel, Saliency
 
@@ -179,7 +189,14 @@ def bench_model(name, model, x, samples, steps, settings, rounds) -> None:
             )
     print("agreement with Captum (max |diff| / max |captum|):")
     print(f"  saliency {relative(maps['s/occlens'], maps['s/captum']):.1e}")
-    print(f"  guided   {relative(maps['g/occlens'], maps['g/captum']):.1e}")
+    functional = functional_rectifiers(model)
+    why = (
+        f" (by design: {functional} of the model's rectifiers are functional calls, which "
+        f"Captum's GuidedBackprop leaves plain; it overrides nn.ReLU modules only)"
+        if functional
+        else ""
+    )
+    print(f"  guided   {relative(maps['g/occlens'], maps['g/captum']):.1e}{why}")
     ig = next(k for k in maps if k.startswith("ig/"))
     cig = next(k for k in maps if k.startswith("cig/"))
     print(f"  IG       {relative(maps[ig], maps[cig]):.1e} (Gauss-Legendre in both)")

@@ -66,6 +66,7 @@ log = logging.getLogger("occlens")
 # occluders). The fit predicts each engine's time to a factor of 1.18 (rms of the log) and
 # picks an engine within 5% of the faster one on all 35; the constants before it were off by a
 # factor of 1.9 and sent AlexNet at 64 px to the batched engine, 1.6x slower than the other.
+# `benchmarks/cost_model.py` measures both engines on 26 runs, refits these and scores both.
 _SECONDS_PER_FLOP = 1.0 / 284e9
 _SECONDS_PER_BYTE = 1.0 / 11e9
 _SECONDS_PER_STEP = 89e-6
