@@ -31,8 +31,12 @@ def _smoke(script: str) -> str:
 @pytest.mark.parametrize(
     ("script", "expected"),
     [
-        ("occlusion.py", ["limit: batched forward", "occlens incremental", "captum Occlusion"]),
+        (
+            "occlusion.py",
+            ["limit: batched forward", "occlens incremental", "captum Occlusion", "x increm."],
+        ),
         ("gradients.py", ["captum GuidedBackprop", "agreement with Captum", "IG "]),
+        ("train_vgg16.py", ["held-out accuracy by size", "folded vs trained at 224"]),
         ("cost_model.py", ["tiny_cnn 32 w4 s2", "chunk parameter byte", "refit     rms error"]),
     ],
 )
