@@ -214,3 +214,19 @@ def test_drill_down_equals_a_loop_over_interpolation_and_refinement(factor, frac
     coarse = len(range(0, rows, factor)) + bool((rows - 1) % factor)
     coarse *= len(range(0, cols, factor)) + bool((cols - 1) % factor)
     assert evaluated.sum() >= min(rows * cols, coarse + round(fraction * rows * cols))
+
+
+@pytest.mark.parametrize("aggregate", ["mean", "grid", "sum"])
+def test_approximation_ssim_compares_the_maps_that_aggregate_makes(aggregate):
+    from occlens._incremental_approx import ssim
+
+    model = ol.testing.tiny_cnn(num_classes=3, key=5).double()
+    xs = torch.rand(2, 3, 36, 36, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    options = dict(window=6, stride=3, aggregate=aggregate)
+    report = ol.approximation_ssim(model, xs, 2, tau=0.3, drill=(3, 0.1), **options)
+    exact = ol.occlusion(model, xs, 2, engine="batched", **options)
+    rough = ol.occlusion_approximate(model, xs, 2, tau=0.3, drill=(3, 0.1), **options)
+    assert rough.shape == exact.shape == ((2, 11, 11) if aggregate == "grid" else (2, 36, 36))
+    expected = tuple(ssim(a, e) for a, e in zip(rough, exact, strict=True))
+    assert report.ssim == pytest.approx(expected, abs=1e-9)
+    assert all(v < 1 for v in report.ssim)
