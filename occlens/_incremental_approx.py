@@ -91,6 +91,12 @@ def occlusion_approximate(
     incremental engine runs (see `explain_engine`); otherwise this raises.
     Shapes as `occlusion`.
 
+    How much an approximation keeps depends on the weights, so measure it on your own images
+    with `approximation_ssim`. On a VGG16 trained on the shapes task (224 px, window 16, stride
+    4; the README's benchmarks), ``tau=0.5, drill=(4, 0.1)`` ran 7x faster than the exact
+    incremental engine and kept the heat map's SSIM at 0.94 or more; ``tau=0.5`` alone keeps
+    0.99 and ``tau=0.3`` falls to 0.77.
+
     >>> import torch, occlens as ol
     >>> model, x = ol.testing.tiny_cnn(), torch.rand(3, 32, 32)
     >>> exact = ol.occlusion(model, x, 1, window=8, stride=4)
