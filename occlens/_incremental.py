@@ -216,27 +216,31 @@ class _ModelSize:
 
 
 def _work(g: Graph, geo: Geometry, image: Tensor, chunk: int, batched_chunk: int) -> _Work:
+    """The cost model's inputs, patch work averaged over the chunks the engine runs."""
     item = image.element_size()
-    flops = g.dense_flops
-    moved = 0.0
-    activations = 0.0
-    for node, (h, w) in geo.size.items():
+    live = int(geo.live.sum())
+    chunks = geo.chunks(chunk)
+    share = torch.tensor([len(c) for c in chunks], dtype=torch.float64) / max(live, 1)
+    flops = moved = activations = 0.0
+    for node, (h, w) in geo.fitted_sizes(chunks).items():
         step = g.steps[node]
-        flops += step.flops * h * w
+        h, w = h.double(), w.double()
         activations += step.channels * math.prod(step.size) * item
-        moved += 2.0 * step.channels * h * w * item
+        flops += step.flops * float(share @ (h * w))
+        moved += 2.0 * step.channels * item * float(share @ (h * w))
         if step.kind == "window" and step.window is not None:
             src = g.steps[step.sources[0]]
             reads = step.window.read(0, h) * step.window.read(1, w)
-            moved += 2.0 * reads * src.channels * item
+            moved += 2.0 * src.channels * item * float(share @ reads)
         elif step.kind == "merge":
-            moved += 2.0 * h * w * step.channels * item * len(step.sources)
+            moved += 2.0 * step.channels * item * len(step.sources) * float(share @ (h * w))
+    flops += g.dense_flops
     for node in g.boundary:
         if node in geo.size:
             moved += 2.0 * g.steps[node].channels * math.prod(g.steps[node].size) * item
     return _Work(
         positions=geo.live.numel(),
-        live=int(geo.live.sum()),
+        live=live,
         flops_full=g.full_flops + g.dense_flops,
         flops_patch=flops,
         moved=moved,
@@ -244,7 +248,7 @@ def _work(g: Graph, geo: Geometry, image: Tensor, chunk: int, batched_chunk: int
         image_bytes=image.numel() * item,
         steps=len(geo.size),
         nodes=len(g.nodes),
-        chunk=chunk,
+        chunk=math.ceil(live / len(chunks)) if chunks else chunk,  # as many chunks as it runs
         batched_chunk=batched_chunk,
         parameters=_parameter_bytes(g.root),
     )
@@ -640,10 +644,8 @@ def incremental_deltas(
             clean_out = clean_out[None]  # type: ignore[index]
         clean_score = goal(clean_out)[0].double()  # type: ignore[arg-type]
         deltas = torch.zeros(len(ids), dtype=torch.float64, device=image.device)
-        live = geo.live.nonzero()[:, 0]
-        advance(1 + len(ids) - len(live))
-        for start in range(0, len(live), chunk):
-            index = live[start : start + chunk]
+        advance(1 + len(ids) - int(geo.live.sum()))
+        for index in geo.chunks(chunk, in_order=noise is not None):
             part = geo.select(index)
             state = runner.patches(part, bounds[index], ids[index])
             deltas[index] = clean_score - runner.scores(state).double()

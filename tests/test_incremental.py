@@ -145,6 +145,49 @@ def test_generated_nets_equal_the_batched_engine(model, x, data):
 
 
 @given(
+    model=testing.small_cnns(min_input=8, num_classes=4),
+    x=testing.images(min_size=8, max_size=24),
+    window=st.integers(1, 8),
+    stride=st.integers(1, 4),
+    chunk=st.integers(1, 40),
+)
+def test_chunks_cover_the_live_occluders_once_with_patches_fitted_to_them(
+    model, x, window, stride, chunk
+):
+    """Every live occluder runs once; a chunk's patches hold each of its dirty boxes and are no
+    larger than the grid-wide patches; `fitted_sizes` predicts what `select` gives."""
+    from occlens._incremental import _prepare
+    from occlens._incremental_graph import analyse
+    from occlens._occlusion import _grid
+    from occlens._targets import as_target
+
+    window = min(window, *x.shape[1:])
+    image = x[None].double()
+    g = analyse(model.double(), image)
+    grid = _grid(image, window, stride, "fit", "grid", None)
+    geo = _prepare(g, grid.bounds(), as_target(0, "test"), None)
+    chunks = geo.chunks(chunk)
+    assert all(0 < len(c) <= chunk for c in chunks)
+    assert torch.equal(torch.cat(chunks).sort().values, geo.live.nonzero()[:, 0])
+    ordered = geo.chunks(chunk, in_order=True)
+    assert torch.equal(torch.cat(ordered), geo.live.nonzero()[:, 0])
+    fitted = geo.fitted_sizes(chunks)
+    for k, index in enumerate(chunks):
+        part = geo.select(index)
+        for node, box in geo.boxes.items():
+            h, w = part.size[node]
+            assert (h, w) == (int(fitted[node][0][k]), int(fitted[node][1][k]))
+            assert h <= geo.size[node][0] and w <= geo.size[node][1]
+            y0, y1, x0, x1 = geo.needed[node]
+            oy, ox = part.oy[node], part.ox[node]
+            assert bool(((oy >= y0) & (oy + h <= y1) & (ox >= x0) & (ox + w <= x1)).all())
+            b = box.select(index)
+            dirty = (b.y0 < b.y1) & (b.x0 < b.x1)
+            holds = (b.y0 >= oy) & (b.y1 <= oy + h) & (b.x0 >= ox) & (b.x1 <= ox + w)
+            assert bool((holds | ~dirty).all())
+
+
+@given(
     model=testing.small_cnns(min_input=10),
     x=testing.images(min_size=10, max_size=20),
     data=st.data(),
