@@ -14,8 +14,10 @@ the re-running methods (the limit, the batched engine, Captum) run on a reduced 
 `--positions` x `--positions` occluders in the middle of the image (a box), and their seconds
 per position are extrapolated to the whole grid; their cost does not depend on the place. The
 incremental engine and auto run on the whole grid: their cost per position does (patches are
-clipped at the borders, and occluders spread over the whole image read the clean activations
-from everywhere, which costs VGG16 about 1.5x per position what a central 6 x 6 box does).
+clipped at the borders, their sizes depend on the occluder's phase against the strides, of which
+a small box holds only some, and occluders spread over the whole image read the clean
+activations from everywhere; before patches were fitted to chunks, VGG16 took about 1.5x per
+position on the whole grid what it took on a central 6 x 6 box).
 
 Methods run interleaved in rounds, and each keeps its fastest round, so slow spells of a shared
 machine hit them all alike:
