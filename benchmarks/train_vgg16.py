@@ -41,7 +41,6 @@ committed: ``benchmarks/weights/`` is ignored by git.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -53,6 +52,7 @@ from torch import Tensor, nn
 
 import occlens as ol
 from occlens.zoo import CLASSES, shapes_dataset
+from occlens.zoo.train import accuracy, save_trained
 
 HERE = Path(__file__).parent
 DEFAULT_OUT = HERE / "weights"
@@ -141,15 +141,6 @@ def augment(x: Tensor, rng: torch.Generator) -> Tensor:
     quarter, flip = (int(v) for v in torch.randint(4, (2,), generator=rng))
     x = torch.rot90(x, quarter, dims=(2, 3))
     return x.flip(3) if flip % 2 else x
-
-
-def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch: int = 16) -> float:
-    with torch.no_grad():
-        right = sum(
-            int((model(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum())
-            for i in range(0, len(images), batch)
-        )
-    return right / max(1, len(images))
 
 
 def teacher_features(teacher: nn.Module, x: Tensor, size: int) -> Tensor:
@@ -261,7 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     vgg = to_vgg16(model)
 
     held = {size: shapes_dataset(args.heldout, key=HELDOUT_KEY, size=size) for size in args.sizes}
-    scores = {str(size): round(accuracy(vgg, d.images, d.labels), 4) for size, d in held.items()}
+    scores = {
+        str(size): round(accuracy(vgg, d.images, d.labels, batch=16), 4) for size, d in held.items()
+    }
     check = shapes_dataset(2, key=HELDOUT_KEY, size=224).images  # a 7 x 7 last pool: exact
     with torch.no_grad():
         trained = model(check)
@@ -270,11 +263,6 @@ def main(argv: list[str] | None = None) -> None:
     if not gap < 1e-4:
         raise SystemExit(f"the folded VGG16 differs from the trained network by {gap:.1e}")
 
-    from safetensors.torch import save_file
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.contiguous() for k, v in vgg.state_dict().items()}
-    save_file(weights, args.out / WEIGHTS, metadata={"format": "pt", "arch": "vgg16"})
     meta = {
         "architecture": "occlens.testing.vgg16(num_classes=5)",
         "classes": list(CLASSES),
@@ -289,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         "heldout_accuracy": scores,
         "folded_relative_difference_224": gap,
     }
-    (args.out / METADATA).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    save_trained(vgg, args.out, WEIGHTS, METADATA, arch="vgg16", meta=meta)
     print(f"wrote {args.out / WEIGHTS} after {spent:.0f} s of training", file=sys.stderr)
 
 

@@ -70,6 +70,19 @@ def accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, batch: int = 5
     return right / max(1, len(images))
 
 
+def save_trained(
+    model: nn.Module, folder: Path, weights: str, metadata: str, *, arch: str, meta: dict
+) -> None:
+    """Write `model`'s state as safetensors `folder / weights` (tagged with `arch`), and `meta`
+    as JSON `folder / metadata`, creating `folder`."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, folder / weights, metadata={"format": "pt", "arch": arch})
+    (folder / metadata).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
 def train(
     *, seed: int = 0, images: int = 20_000, epochs: int = 8, batch: int = 64, lr: float = 3e-3
 ) -> ShapesNet:
@@ -150,11 +163,6 @@ def main(argv: list[str] | None = None) -> None:
     score = accuracy(model, held.images, held.labels)
     print(f"held-out accuracy {score:.4f} on {args.heldout} images", file=sys.stderr)
 
-    from safetensors.torch import save_file
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, args.out / WEIGHTS, metadata={"format": "pt", "arch": "ShapesNet"})
     meta = {
         "architecture": "occlens.zoo.ShapesNet",
         "classes": list(CLASSES),
@@ -172,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         "heldout_accuracy": round(score, 4),
         "samples_key": SAMPLES_KEY,
     }
-    (args.out / METADATA).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    save_trained(model, args.out, WEIGHTS, METADATA, arch="ShapesNet", meta=meta)
     write_samples(args.out / "samples")
     print(f"wrote {args.out / WEIGHTS} in {seconds:.0f} s of training", file=sys.stderr)
 
