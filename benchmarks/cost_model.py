@@ -101,14 +101,13 @@ def terms(work: inc._Work) -> tuple[tuple[float, ...], tuple[float, ...]]:
         chunks_b * work.nodes,
         chunks_b * work.parameters,
     )
-    chunks_i = math.ceil(max(work.live, 1) / work.chunk)
     incremental = (
         work.live * work.flops_patch + work.flops_full,
         work.live * work.moved,
-        chunks_i * work.steps,
+        work.chunks * work.steps,
         work.nodes,
         0.0,
-        chunks_i * work.parameters,
+        work.chunks * work.parameters,
     )
     return batched, incremental
 

@@ -143,7 +143,7 @@ class _Work:
     image_bytes: int
     steps: int  # patch nodes
     nodes: int  # graph nodes
-    chunk: int
+    chunks: int  # calls of the incremental engine
     batched_chunk: int  # images per call of the batched engine
     parameters: int  # bytes of the model's parameters and buffers
 
@@ -159,11 +159,10 @@ class _Work:
         )
 
     def incremental(self) -> float:
-        chunks = math.ceil(max(self.live, 1) / self.chunk)
         return (
             self.live * (self.flops_patch * _SECONDS_PER_FLOP + self.moved * _SECONDS_PER_BYTE)
-            + chunks * self.steps * _SECONDS_PER_STEP
-            + chunks * self.parameters * _SECONDS_PER_CHUNK_PARAMETER_BYTE
+            + self.chunks * self.steps * _SECONDS_PER_STEP
+            + self.chunks * self.parameters * _SECONDS_PER_CHUNK_PARAMETER_BYTE
             + self.nodes * _SECONDS_PER_NODE
             + self.flops_full * _SECONDS_PER_FLOP  # the clean pass
         )
@@ -248,7 +247,7 @@ def _work(g: Graph, geo: Geometry, image: Tensor, chunk: int, batched_chunk: int
         image_bytes=image.numel() * item,
         steps=len(geo.size),
         nodes=len(g.nodes),
-        chunk=math.ceil(live / len(chunks)) if chunks else chunk,  # as many chunks as it runs
+        chunks=max(len(chunks), 1),
         batched_chunk=batched_chunk,
         parameters=_parameter_bytes(g.root),
     )
@@ -799,7 +798,7 @@ def _logged_work(
         image_bytes=images[0].nbytes,
         steps=patch.steps,
         nodes=max(patch.nodes, len(work.layers) + 2, size.leaves + 2),
-        chunk=_chunk_of(patch.largest, images.element_size()),
+        chunks=math.ceil(len(grid) / _chunk_of(patch.largest, images.element_size())),
         batched_chunk=chunk,
         parameters=size.parameters,
     )

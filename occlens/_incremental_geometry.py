@@ -20,7 +20,7 @@ everything: dirty boxes are cut to it, and occluders whose box misses it are nev
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, fx
@@ -64,9 +64,9 @@ class Geometry:
     ox: dict[fx.Node, Tensor]
     live: Tensor  # [P] bool
     needed: dict[fx.Node, Region]
-    boxes: dict[fx.Node, Boxes] = field(default_factory=dict)
-    shared: dict[fx.Node, fx.Node] = field(default_factory=dict)
-    weight: dict[fx.Node, float] = field(default_factory=dict)  # FLOPs per unit of patch
+    boxes: dict[fx.Node, Boxes]
+    shared: dict[fx.Node, fx.Node]
+    weight: dict[fx.Node, float]  # FLOPs per unit of patch, of the nodes of `boxes`
 
     def select(self, index: Tensor) -> Geometry:
         """The geometry of occluders `index`, its patch sizes fitted to them alone."""
@@ -86,13 +86,11 @@ class Geometry:
         keeps increasing indices (noise fills draw in occluder order).
         """
         live = self.live.nonzero()[:, 0]
-        if in_order or not self.boxes or len(live) <= chunk:
+        if in_order or len(live) <= chunk:
             return [live[i : i + chunk] for i in range(0, len(live), chunk)]
         rows = torch.stack([b.y1 - b.y0 for b in self.boxes.values()], 1)[live]
         cols = torch.stack([b.x1 - b.x0 for b in self.boxes.values()], 1)[live]
-        weights = torch.tensor(
-            [float(self.weight.get(n, 1)) for n in self.boxes], dtype=torch.float64
-        )
+        weights = torch.tensor([self.weight[n] for n in self.boxes], dtype=torch.float64)
         _, row = torch.unique(rows.clamp(min=0), dim=0, return_inverse=True)
         col = cols.clamp(min=0).double() @ weights
         order = torch.sort(col, stable=True).indices
